@@ -1,0 +1,438 @@
+"""The ray transform ``A`` as a differentiable, batched torch module.
+
+``RayTransform(geometry)(x)`` maps images ``(B, C, H, W)`` to sinograms ``(B, C, n_angles, n_det)``
+(line integrals in the geometry's length unit). Its backward pass is the exact adjoint with
+respect to the plain Euclidean inner product of tensors, i.e. the transposed system matrix, so
+``torch.autograd`` gradients of ``‖Ax − y‖²`` are correct.
+
+Backends (``backend=``):
+
+- ``"odl"``: ODL's own ``RayTransform`` (ASTRA CPU in 2D), per sample through host memory: the reference.
+- ``"matrix"``: ASTRA's exact system matrix, built once per geometry, cached on disk and applied with
+  torch sparse kernels on the tensor's device.
+- ``"astra_cuda"``: ASTRA's GPU projectors reading and writing torch CUDA memory directly, the whole
+  batch in one call; also for 3D cone beam.
+- ``"auto"`` (default): ``astra_cuda`` for CUDA tensors when ASTRA has CUDA, else ``matrix`` when its
+  estimated memory is below ``max_matrix_bytes``, else ``odl``.
+
+Operators are built lazily, per device, in the process that uses them, and are never pickled: a
+module built on rank 0 and sent to DDP workers rebuilds there.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .geometry import ConeBeam3D, FanBeam2D, Geometry, ParallelBeam2D, geometry_from_dict
+
+__all__ = ["RayTransform", "Backprojection", "BACKENDS", "astra_cuda_available", "cache_dir"]
+
+BACKENDS = ("auto", "odl", "matrix", "astra_cuda")
+DEFAULT_MAX_MATRIX_BYTES = 2 * 1024**3
+
+
+def cache_dir() -> Path:
+    """Where system matrices are cached: ``$LIGHTNING_RECON_CACHE`` or ``~/.cache/lightning_recon``."""
+    root = os.environ.get("LIGHTNING_RECON_CACHE") or Path.home() / ".cache" / "lightning_recon"
+    return Path(root)
+
+
+def astra_cuda_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import astra
+
+        return bool(astra.use_cuda())
+    except Exception:  # ASTRA without CUDA, or no driver
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend implementations: each maps (N, H, W) -> (N, A, D) and back on one device.
+# ---------------------------------------------------------------------------------------------
+class _MatrixImpl:
+    """ASTRA's system matrix as torch sparse CSR (and its transpose) on one device."""
+
+    def __init__(self, geometry: Geometry, device: torch.device):
+        self._csr = _load_or_build_matrix(geometry)
+        self.device = device
+        self._mats: Dict[torch.dtype, tuple] = {}
+        self._pair(torch.float32)
+
+    def _to_torch(self, dtype: torch.dtype):
+        csr, csc = self._csr, self._csr.T.tocsr()
+
+        def convert(m):
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(m.indptr.astype(np.int64)),
+                torch.from_numpy(m.indices.astype(np.int64)),
+                torch.from_numpy(m.data).to(dtype),
+                size=m.shape,
+            ).to(self.device)
+
+        return convert(csr), convert(csc)
+
+    def _pair(self, dtype: torch.dtype):
+        if dtype not in self._mats:
+            self._mats[dtype] = self._to_torch(dtype)
+        return self._mats[dtype]
+
+    def forward(self, x: torch.Tensor, out_shape) -> torch.Tensor:
+        mat, _ = self._pair(x.dtype)
+        return torch.sparse.mm(mat, x.reshape(x.shape[0], -1).T).T.reshape(x.shape[0], *out_shape)
+
+    def adjoint(self, y: torch.Tensor, out_shape) -> torch.Tensor:
+        _, mat_t = self._pair(y.dtype)
+        return torch.sparse.mm(mat_t, y.reshape(y.shape[0], -1).T).T.reshape(y.shape[0], *out_shape)
+
+
+class _OdlImpl:
+    """ODL's ray transform, one sample at a time through host memory (reference backend)."""
+
+    def __init__(self, geometry: Geometry, device: torch.device):
+        impl = "astra_cuda" if isinstance(geometry, ConeBeam3D) else "astra_cpu"
+        self.op = geometry.odl_ray_transform(impl=impl)
+        self.device = device
+
+    def _apply(self, op, batch: torch.Tensor, out_shape) -> torch.Tensor:
+        host = batch.detach().to("cpu", torch.float32).numpy()
+        out = np.stack([op(sample).data for sample in host]) if len(host) else np.zeros((0, *out_shape), np.float32)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(batch.device, batch.dtype)
+
+    def forward(self, x, out_shape):
+        return self._apply(self.op, x, out_shape)
+
+    def adjoint(self, y, out_shape):
+        return self._apply(self.op.adjoint, y, out_shape)
+
+
+class _AstraCudaImpl:
+    """ASTRA's 3D GPU projectors on linked torch CUDA memory; a 2D batch is one call.
+
+    A batch of B 2D images becomes a volume of B slices (2 length units thick each); the
+    projection geometry gets one detector row (parallel beam) or one set of projections
+    (fan beam) per slice, each in the plane of its slice, so that no ray crosses slices.
+    """
+
+    _lock = threading.Lock()  # ASTRA's object registry is global
+
+    def __init__(self, geometry: Geometry, device: torch.device):
+        import astra
+
+        if device.type != "cuda":
+            raise ValueError(f"backend 'astra_cuda' needs CUDA tensors, got a tensor on {device}")
+        self.astra = astra
+        self.geometry = geometry
+        self.device = device
+        self._projectors: Dict[int, tuple] = {}
+
+    def _geometries(self, batch: int):
+        from odl.applications.tomo.backends import astra_setup as setup
+
+        g = self.geometry
+        if isinstance(g, ConeBeam3D):
+            space, geom = g.odl_space(), g.odl_geometry()
+            return setup.astra_volume_geometry(space, "cuda"), setup.astra_projection_geometry(geom, "cuda")
+        space, geom = g.odl_space(), g.odl_geometry()
+        (xmin, ymin), (xmax, ymax) = space.min_pt, space.max_pt
+        h, w = g.image_shape
+        vol_geom = self.astra.create_vol_geom(h, w, batch, ymin, ymax, xmin, xmax, -batch, batch)
+        if isinstance(g, ParallelBeam2D):
+            vec = setup.astra_parallel_2d_geom_to_parallel3d_vec(geom).copy()
+            vec[:, 9:12] = (0.0, 0.0, 2.0)  # ASTRA (x, y, z) order: one detector row per slice
+            proj_geom = self.astra.create_proj_geom("parallel3d_vec", batch, g.n_detector, vec)
+        else:
+            base = setup.astra_fanflat_2d_geom_to_conebeam_vec(geom)
+            z = -batch + 1 + 2 * np.arange(batch)
+            vec = np.repeat(base[None], batch, axis=0)  # (B, A, 12)
+            vec[:, :, 2] += z[:, None]  # source z
+            vec[:, :, 5] += z[:, None]  # detector centre z
+            vec[:, :, 9:12] = (0.0, 0.0, 2.0)
+            proj_geom = self.astra.create_proj_geom("cone_vec", 1, g.n_detector, vec.reshape(-1, 12))
+        return vol_geom, proj_geom
+
+    def _projector(self, batch: int) -> int:
+        if batch not in self._projectors:
+            vol_geom, proj_geom = self._geometries(batch)
+            with self._lock:
+                self._projectors[batch] = self.astra.create_projector("cuda3d", proj_geom, vol_geom)
+        return self._projectors[batch]
+
+    def _astra_sino_shape(self, batch: int):
+        g = self.geometry
+        if isinstance(g, ConeBeam3D):
+            return (g.detector_shape[0], g.num_angles, g.detector_shape[1])
+        if isinstance(g, ParallelBeam2D):
+            return (batch, g.n_angles, g.n_detector)
+        return (1, batch * g.n_angles, g.n_detector)
+
+    def _volume_view(self, x: torch.Tensor) -> torch.Tensor:
+        # ODL's 3D arrays are (x, y, z); ASTRA's volumes are (z, y, x).
+        return x.permute(2, 1, 0).contiguous() if isinstance(self.geometry, ConeBeam3D) else x
+
+    def forward(self, x: torch.Tensor, out_shape) -> torch.Tensor:
+        experimental = self.astra.experimental
+        if isinstance(self.geometry, ConeBeam3D):
+            outs = []
+            for sample in x:
+                sino = torch.zeros(self._astra_sino_shape(1), device=x.device, dtype=torch.float32)
+                experimental.direct_FP3D(self._projector(1), self._volume_view(sample.float()).contiguous(), sino)
+                outs.append(sino.transpose(0, 1))  # ASTRA (rows, angles, cols) -> (angles, rows, cols)
+            return torch.stack(outs).reshape(x.shape[0], *out_shape).to(x.dtype)
+        batch = x.shape[0]
+        vol = x.float().contiguous()
+        sino = torch.zeros(self._astra_sino_shape(batch), device=x.device, dtype=torch.float32)
+        experimental.direct_FP3D(self._projector(batch), vol, sino)
+        return sino.reshape(batch, *out_shape).to(x.dtype)
+
+    def adjoint(self, y: torch.Tensor, out_shape) -> torch.Tensor:
+        experimental = self.astra.experimental
+        if isinstance(self.geometry, ConeBeam3D):
+            outs = []
+            for sample in y:
+                sino = sample.float().transpose(0, 1).contiguous()
+                vol = torch.zeros(tuple(reversed(self.geometry.volume_shape)), device=y.device, dtype=torch.float32)
+                experimental.direct_BP3D(self._projector(1), vol, sino)
+                outs.append(vol.permute(2, 1, 0))
+            return torch.stack(outs).reshape(y.shape[0], *out_shape).to(y.dtype)
+        batch = y.shape[0]
+        sino = y.float().reshape(self._astra_sino_shape(batch)).contiguous()
+        vol = torch.zeros((batch, *self.geometry.image_shape), device=y.device, dtype=torch.float32)
+        experimental.direct_BP3D(self._projector(batch), vol, sino)
+        return vol.to(y.dtype)
+
+    def __del__(self):
+        try:
+            for pid in self._projectors.values():
+                self.astra.projector3d.delete(pid)
+        except Exception:
+            pass
+
+
+_IMPLS = {"odl": _OdlImpl, "matrix": _MatrixImpl, "astra_cuda": _AstraCudaImpl}
+
+
+def _build_matrix(geometry: Geometry):
+    """ASTRA's CPU system matrix (scipy CSR, float32) in ODL's conventions, shape ``(A*D, H*W)``."""
+    import astra
+    from odl.applications.tomo.backends.astra_cpu import default_astra_proj_type
+    from odl.applications.tomo.backends.astra_setup import astra_projection_geometry, astra_volume_geometry
+
+    if isinstance(geometry, ConeBeam3D):
+        raise ValueError("backend 'matrix' is 2D only; use 'astra_cuda' for ConeBeam3D")
+    space, geom = geometry.odl_space(), geometry.odl_geometry()
+    vol_geom = astra_volume_geometry(space, "cpu")
+    proj_geom = astra_projection_geometry(geom, "cpu")
+    proj_id = astra.create_projector(default_astra_proj_type(geom), proj_geom, vol_geom)
+    try:
+        mat_id = astra.projector.matrix(proj_id)
+        try:
+            csr = astra.matrix.get(mat_id).tocsr().astype(np.float32)
+        finally:
+            astra.matrix.delete(mat_id)
+    finally:
+        astra.projector.delete(proj_id)
+    csr.sort_indices()
+    return csr
+
+
+def _load_or_build_matrix(geometry: Geometry):
+    import scipy.sparse as sp
+
+    path = cache_dir() / "matrices" / f"{type(geometry).__name__}-{geometry.cache_key()}.npz"
+    if path.exists():
+        try:
+            return sp.load_npz(path).tocsr()
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt
+    csr = _build_matrix(geometry)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+            sp.save_npz(tmp, csr, compressed=False)
+        os.replace(tmp.name, path)  # atomic: concurrent DDP ranks never read half a file
+    except OSError:
+        pass  # read-only cache: the matrix still works, it is just not saved
+    return csr
+
+
+def estimated_matrix_bytes(geometry: Geometry) -> int:
+    """Memory of the matrix and its transpose in float32 CSR (≈ 2 non-zeros per pixel and angle)."""
+    if isinstance(geometry, ConeBeam3D):
+        return 1 << 62
+    h, w = geometry.image_shape
+    nnz = 2.0 * geometry.n_angles * max(h, w) * math.hypot(h, w)
+    return int(2 * nnz * (4 + 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# autograd glue
+# ---------------------------------------------------------------------------------------------
+class _Project(torch.autograd.Function):
+    """``A x`` (``transpose=False``) or ``Aᵀ y`` (``transpose=True``); the backward is the other one."""
+
+    @staticmethod
+    def forward(ctx, inp, op: "RayTransform", transpose: bool):
+        ctx.op, ctx.transpose = op, transpose
+        return op._apply_raw(inp, transpose)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Project.apply(grad.contiguous(), ctx.op, not ctx.transpose), None, None
+
+
+class RayTransform(nn.Module):
+    """Differentiable ray transform ``A``: ``(B, C, *image_shape) -> (B, C, *sinogram_shape)``.
+
+    Args:
+        geometry: a geometry object or its ``to_dict()``.
+        backend: one of ``BACKENDS``; ``"auto"`` decides per device.
+        max_matrix_bytes: ``auto`` uses the matrix backend up to this estimated size.
+        check_finite: raise on NaN/inf input (one reduction per call).
+
+    Example::
+
+        A = RayTransform(ParallelBeam2D((128, 128), num_angles=30))
+        y = A(x)                       # (B, 1, 30, 183)
+        x_bp = A.adjoint(y)            # (B, 1, 128, 128)
+        x_normalised_step = A.adjoint(A(x) - y) / A.operator_norm() ** 2
+    """
+
+    def __init__(
+        self,
+        geometry: Union[Geometry, dict],
+        backend: str = "auto",
+        max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.geometry = geometry_from_dict(geometry)
+        self.backend = backend
+        self.max_matrix_bytes = int(max_matrix_bytes)
+        self.check_finite = check_finite
+        self._impls: Dict[tuple, object] = {}
+        self._norm: Optional[float] = None
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def domain_shape(self):
+        g = self.geometry
+        return tuple(g.volume_shape if isinstance(g, ConeBeam3D) else g.image_shape)
+
+    @property
+    def range_shape(self):
+        return tuple(self.geometry.sinogram_shape)
+
+    @property
+    def adjoint(self) -> "Backprojection":
+        """``Aᵀ`` as a module sharing this operator's state (not a registered submodule)."""
+        if "_adjoint_module" not in self.__dict__:
+            self.__dict__["_adjoint_module"] = Backprojection(self)
+        return self.__dict__["_adjoint_module"]
+
+    # -- backend selection ---------------------------------------------------------------------
+    def backend_for(self, device: Union[str, torch.device]) -> str:
+        """The concrete backend ``auto`` resolves to on ``device``."""
+        device = torch.device(device)
+        if self.backend != "auto":
+            return self.backend
+        if device.type == "cuda" and astra_cuda_available():
+            return "astra_cuda"
+        if isinstance(self.geometry, ConeBeam3D):
+            return "odl"
+        return "matrix" if estimated_matrix_bytes(self.geometry) <= self.max_matrix_bytes else "odl"
+
+    def _impl(self, device: torch.device):
+        key = (device.type, device.index)
+        if key not in self._impls:
+            self._impls[key] = _IMPLS[self.backend_for(device)](self.geometry, device)
+        return self._impls[key]
+
+    def _apply_raw(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
+        lead = t.shape[:-len(self.range_shape if transpose else self.domain_shape)]
+        out_shape = self.domain_shape if transpose else self.range_shape
+        flat = t.reshape(-1, *t.shape[len(lead):])
+        impl = self._impl(t.device)
+        out = impl.adjoint(flat, out_shape) if transpose else impl.forward(flat, out_shape)
+        return out.reshape(*lead, *out_shape)
+
+    # -- validation ----------------------------------------------------------------------------
+    def _check(self, t: torch.Tensor, expected, what: str) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+        nd = len(expected)
+        if t.dim() != nd + 2 or tuple(t.shape[-nd:]) != tuple(expected):
+            raise ValueError(
+                f"{what} must have shape (B, C, {', '.join(map(str, expected))}) for this geometry, "
+                f"got {tuple(t.shape)}"
+            )
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()  # the ray transform always computes in float32 (mixed-precision safe)
+        elif t.dtype == torch.float64:
+            if self.backend_for(t.device) != "matrix":
+                raise ValueError("float64 input is only supported by backend 'matrix'; got float64")
+        elif t.dtype != torch.float32:
+            raise ValueError(f"{what} must be a floating tensor (float32 preferred), got dtype {t.dtype}")
+        if self.check_finite and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{what} contains NaN or inf values")
+        return t.contiguous()
+
+    # -- application ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x``: ``(B, C, *image_shape) -> (B, C, n_angles, n_det)``."""
+        x = self._check(x, self.domain_shape, "image")
+        return _Project.apply(x, self, False)
+
+    def apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``Aᵀ y``: ``(B, C, n_angles, n_det) -> (B, C, *image_shape)``."""
+        y = self._check(y, self.range_shape, "sinogram")
+        return _Project.apply(y, self, True)
+
+    @torch.no_grad()
+    def operator_norm(self, iterations: int = 100, device: Optional[Union[str, torch.device]] = None) -> float:
+        """‖A‖₂ by the power method on ``AᵀA`` (fixed seed), cached on the module."""
+        if self._norm is None:
+            device = torch.device(device or "cpu")
+            gen = torch.Generator().manual_seed(0)
+            x = torch.rand((1, 1, *self.domain_shape), generator=gen).to(device)
+            for _ in range(iterations):
+                x = self.apply_adjoint(self(x))
+                x = x / x.norm()
+            self._norm = float(self(x).norm())
+        return self._norm
+
+    # -- pickling: operators are rebuilt per process -------------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_impls"] = {}
+        state.pop("_adjoint_module", None)
+        return state
+
+    def extra_repr(self) -> str:
+        return f"geometry={self.geometry}, backend={self.backend!r}"
+
+
+class Backprojection(nn.Module):
+    """The adjoint ``Aᵀ`` of a :class:`RayTransform` as a module: ``(B, C, A, D) -> (B, C, H, W)``."""
+
+    def __init__(self, ray_transform: RayTransform):
+        super().__init__()
+        self.__dict__["ray_transform"] = ray_transform  # shared, not a submodule (avoids a cycle)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.ray_transform.apply_adjoint(y)
+
+    @property
+    def adjoint(self) -> RayTransform:
+        return self.ray_transform
