@@ -16,7 +16,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["ParallelBeam2D", "FanBeam2D", "ConeBeam3D", "Geometry", "geometry_from_dict"]
+__all__ = ["Geometry2D", "ParallelBeam2D", "FanBeam2D", "ConeBeam3D", "Geometry", "geometry_from_dict"]
 
 
 def _odl():
@@ -31,7 +31,7 @@ def _positive(name: str, value: float) -> None:
 
 
 @dataclass(frozen=True)
-class _Geometry2D:
+class Geometry2D:
     """Fields shared by the 2D geometries; see the concrete classes."""
 
     image_shape: Tuple[int, int] = (128, 128)
@@ -151,7 +151,7 @@ class _Geometry2D:
         payload = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
-    def replace(self, **changes: Any) -> "_Geometry2D":
+    def replace(self, **changes: Any) -> "Geometry2D":
         return dataclasses.replace(self, **changes)
 
     def odl_space(self):
@@ -185,7 +185,7 @@ class _Geometry2D:
 
 
 @dataclass(frozen=True)
-class ParallelBeam2D(_Geometry2D):
+class ParallelBeam2D(Geometry2D):
     """2D parallel beam with a flat detector.
 
     Defaults reproduce ``odl.applications.tomo.parallel_beam_geometry``: angles at the cell
@@ -210,7 +210,7 @@ class ParallelBeam2D(_Geometry2D):
 
 
 @dataclass(frozen=True)
-class FanBeam2D(_Geometry2D):
+class FanBeam2D(Geometry2D):
     """2D fan beam with a flat detector, source at ``source_radius`` and detector at
     ``detector_radius`` from the rotation centre. Angles default to a full turn [0, 2π)."""
 

@@ -24,6 +24,7 @@ import math
 import os
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -72,12 +73,15 @@ class _MatrixImpl:
         csr, csc = self._csr, self._csr.T.tocsr()
 
         def convert(m):
-            return torch.sparse_csr_tensor(
-                torch.from_numpy(m.indptr.astype(np.int64)),
-                torch.from_numpy(m.indices.astype(np.int64)),
-                torch.from_numpy(m.data).to(dtype),
-                size=m.shape,
-            ).to(self.device)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+                return torch.sparse_csr_tensor(
+                    torch.from_numpy(m.indptr.astype(np.int64)),
+                    torch.from_numpy(m.indices.astype(np.int64)),
+                    torch.from_numpy(m.data).to(dtype),
+                    size=m.shape,
+                    check_invariants=False,
+                ).to(self.device)
 
         return convert(csr), convert(csc)
 

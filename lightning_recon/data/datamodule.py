@@ -1,0 +1,129 @@
+"""LightningDataModule for simulated CT pairs, with the benchmark presets of SPEC.md."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from ..physics.geometry import ParallelBeam2D, geometry_from_dict
+from .simulated import EllipsesDataset
+
+__all__ = ["SimulatedCTDataModule", "PRESETS"]
+
+# dival's `ellipses` standard: 128², 30 parallel-beam angles, 2.5 % Gaussian noise, seeds 42 / 2 / 1.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "ellipses-30": dict(image_size=128, num_angles=30, noise="gaussian", relative_std=0.025,
+                        train_length=32000, val_length=3200, test_length=100),
+    "ellipses-30-5pct": dict(image_size=128, num_angles=30, noise="gaussian", relative_std=0.05,
+                             train_length=32000, val_length=3200, test_length=100),
+    "ellipses-small": dict(image_size=64, num_angles=30, noise="gaussian", relative_std=0.025,
+                           train_length=2048, val_length=32, test_length=32),
+}
+SPLIT_SEEDS = {"train": 42, "val": 2, "test": 1}
+
+
+class SimulatedCTDataModule(L.LightningDataModule):
+    """Random-ellipse training, validation and test pairs ``(ground_truth, measurement, fbp)``.
+
+    Args:
+        preset: a name from ``PRESETS`` (``ellipses-30``, ``ellipses-30-5pct``, ``ellipses-small``);
+            any explicit argument below overrides the preset's value.
+        geometry: full geometry as a dict of numbers; default: parallel beam ``image_size``² with
+            ``num_angles`` angles over [0, π) (ODL's ``parallel_beam_geometry``).
+        train_length, val_length, test_length: split sizes; the test split is the first
+            ``test_length`` samples of the fixed test seed.
+        noise, relative_std, photons: noise model (see ``EllipsesDataset``).
+        simulation_factor: simulate on a finer grid (no inverse crime).
+        fbp_filter, fbp_frequency_scaling: the FBP delivered with each sample (Hann, 0.5: the best
+            of a grid on ellipses-30, 24.2 dB; see docs/results.md).
+        batch_size, num_workers: loader settings (validation and test use the same batch size).
+        backend: ray-transform backend for simulation.
+    """
+
+    def __init__(
+        self,
+        preset: Optional[str] = "ellipses-30",
+        geometry: Optional[Dict[str, Any]] = None,
+        image_size: Optional[int] = None,
+        num_angles: Optional[int] = None,
+        train_length: Optional[int] = None,
+        val_length: Optional[int] = None,
+        test_length: Optional[int] = None,
+        noise: Optional[str] = None,
+        relative_std: Optional[float] = None,
+        photons: float = 4096.0,
+        simulation_factor: int = 1,
+        fbp_filter: str = "Hann",
+        fbp_frequency_scaling: float = 0.5,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or None")
+        self.save_hyperparameters()
+        base = dict(PRESETS[preset]) if preset else dict(PRESETS["ellipses-30"])
+        given = dict(image_size=image_size, num_angles=num_angles, train_length=train_length,
+                     val_length=val_length, test_length=test_length, noise=noise, relative_std=relative_std)
+        base.update({k: v for k, v in given.items() if v is not None})
+        self.settings = base
+        if geometry is None:
+            size = int(base["image_size"])
+            geometry = ParallelBeam2D((size, size), num_angles=int(base["num_angles"])).to_dict()
+        self.geometry = geometry_from_dict(geometry)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._dataset_kwargs = dict(
+            noise=base["noise"], relative_std=base["relative_std"], photons=photons,
+            simulation_factor=simulation_factor, fbp_filter=fbp_filter,
+            fbp_frequency_scaling=fbp_frequency_scaling, backend=backend,
+        )
+        self.datasets: Dict[str, EllipsesDataset] = {}
+
+    @property
+    def fixed_data_range(self) -> float:
+        """The fixed PSNR/SSIM range: ellipse phantoms are normalised to [0, 1]."""
+        return 1.0
+
+    def dataset(self, split: str) -> EllipsesDataset:
+        if split not in SPLIT_SEEDS:
+            raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+        if split not in self.datasets:
+            self.datasets[split] = EllipsesDataset(
+                self.geometry, self.settings[f"{split}_length"], seed=SPLIT_SEEDS[split], **self._dataset_kwargs
+            )
+        return self.datasets[split]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage, tuple(SPLIT_SEEDS)):
+            self.dataset(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.settings["train_length"] / self.batch_size)
