@@ -127,13 +127,15 @@ class Geometry2D:
     def angle_weights(self) -> np.ndarray:
         """Angular quadrature weight of each measured angle (radians), shape ``(n_angles,)``.
 
-        The measured angles are treated as a non-uniform partition of ``angle_range``: each weight
-        is the width of the angle's cell (midpoints between neighbours, clipped to the range).
+        A uniform grid (or every ``angle_step``-th angle of it) has equal weights summing to the
+        angle range. Explicit ``angles`` get the widths of their cells, bounded by the midpoints
+        between neighbours and by ``angle_range``.
         """
         ang = self.angle_array
-        lo, hi = self.angle_range
-        if self.angles is not None:
-            lo, hi = min(lo, ang[0]), max(hi, ang[-1])
+        if self.angles is None:
+            lo, hi = self.angle_range
+            return np.full(ang.size, (hi - lo) / ang.size)
+        lo, hi = min(self.angle_range[0], ang[0]), max(self.angle_range[1], ang[-1])
         bounds = np.concatenate([[lo], (ang[1:] + ang[:-1]) / 2, [hi]])
         return np.diff(bounds)
 
