@@ -9,7 +9,7 @@ from lightning_recon.physics import FanBeam2D, ParallelBeam2D, RayTransform, ast
 
 GEOMETRIES = {
     "parallel": ParallelBeam2D((32, 32), num_angles=20),
-    "parallel-sparse-offset": ParallelBeam2D((32, 48), num_angles=60, angle_step=6, detector_offset=1.5),
+    "parallel-sparse": ParallelBeam2D((32, 48), num_angles=60, angle_step=6),
     "parallel-limited": ParallelBeam2D((32, 32), num_angles=15, angle_range=(0.0, 2 * math.pi / 3)),
     "parallel-explicit-angles": ParallelBeam2D((32, 32), angles=tuple(np.deg2rad(np.arange(0, 181, 12)))),
     "fan": FanBeam2D((32, 32), num_angles=24, source_radius=80.0, detector_radius=40.0),
@@ -54,6 +54,19 @@ def test_gradcheck_and_double_backward_on_small_geometry():
     assert torch.autograd.gradgradcheck(lambda t: (op(t) ** 2).sum(), (x,))
 
 
+OFFSET_GEOMETRY = ParallelBeam2D((32, 32), num_angles=10, detector_offset=2 * ParallelBeam2D((32, 32)).detector_pixel_size)
+
+
+def test_detector_offset_shifts_the_sinogram():
+    centred = RayTransform(ParallelBeam2D((32, 32), num_angles=10), backend="matrix")
+    shifted = RayTransform(OFFSET_GEOMETRY, backend="matrix")
+    x = torch.rand(2, 1, 32, 32)
+    a, b = shifted(x), centred(x)
+    assert rel(a[..., :-2], b[..., 2:]) < 1e-5  # the detector moved by exactly two pixels
+    with pytest.raises(ValueError, match="ignores detector_offset"):
+        RayTransform(OFFSET_GEOMETRY, backend="odl")(x)
+
+
 def test_backward_of_data_fit_is_the_adjoint_residual():
     geometry = GEOMETRIES["parallel"]
     op = RayTransform(geometry)
@@ -66,7 +79,7 @@ def test_backward_of_data_fit_is_the_adjoint_residual():
 
 @pytest.mark.parametrize("backend", ["matrix", "odl"])
 def test_batches_match_per_sample_calls(backend):
-    geometry = GEOMETRIES["parallel-sparse-offset"]
+    geometry = GEOMETRIES["parallel-sparse"]
     op = RayTransform(geometry, backend=backend)
     x = torch.rand(4, 2, *geometry.image_shape)
     batched = op(x)
@@ -167,19 +180,38 @@ def test_impossible_geometries_raise(build, message):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not astra_cuda_available(), reason="needs CUDA and ASTRA built with CUDA")
-@pytest.mark.parametrize("name", ["parallel", "parallel-sparse-offset", "fan"])
+@pytest.mark.parametrize("name", ["parallel", "parallel-sparse", "parallel-offset", "fan"])
 def test_astra_cuda_backend(name):
-    geometry = GEOMETRIES[name]
+    geometry = GEOMETRIES[name] if name in GEOMETRIES else OFFSET_GEOMETRY
     cuda = RayTransform(geometry, backend="astra_cuda")
     ref = RayTransform(geometry, backend="matrix")
     x = torch.rand(5, 1, *geometry.image_shape)
     y = torch.rand(5, 1, *geometry.sinogram_shape)
     y_cuda = cuda(x.cuda())
     assert y_cuda.is_cuda
-    assert rel(y_cuda.cpu(), ref(x)) < 2e-2
+    # parallel beam: the same Joseph-type kernel (measured 1e-4); fan beam: ASTRA's CPU line kernel
+    # against its GPU interpolating kernel (measured 2-3 % at 32², as between ODL's own two backends)
+    assert rel(y_cuda.cpu(), ref(x)) < (5e-2 if name == "fan" else 1e-3)
     lhs = float((y_cuda.cpu() * y).sum())
     rhs = float((x * cuda.adjoint(y.cuda()).cpu()).sum())
     assert abs(lhs - rhs) / abs(lhs) < 1e-3
     singles = torch.cat([cuda(x[i : i + 1].cuda()) for i in range(5)])
     assert torch.allclose(singles, y_cuda, atol=1e-4, rtol=1e-4)
     assert RayTransform(geometry).backend_for("cuda") == "astra_cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not astra_cuda_available(), reason="needs CUDA and ASTRA built with CUDA")
+def test_astra_cuda_cone_beam_matches_odl_and_is_adjoint():
+    from lightning_recon.physics import ConeBeam3D
+
+    geometry = ConeBeam3D((24, 24, 16), num_angles=18, detector_shape=(32, 40))
+    cuda = RayTransform(geometry, backend="astra_cuda")
+    x = torch.rand(2, 1, 24, 24, 16)
+    y = torch.rand(2, 1, *geometry.sinogram_shape)
+    y_cuda = cuda(x.cuda()).cpu()
+    assert y_cuda.shape == (2, 1, 18, 32, 40)
+    assert rel(y_cuda, RayTransform(geometry, backend="odl")(x)) < 1e-3
+    lhs = float((y_cuda * y).sum())
+    rhs = float((x * cuda.adjoint(y.cuda()).cpu()).sum())
+    assert abs(lhs - rhs) / abs(lhs) < 1e-3

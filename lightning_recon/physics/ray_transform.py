@@ -104,6 +104,11 @@ class _OdlImpl:
 
     def __init__(self, geometry: Geometry, device: torch.device):
         impl = "astra_cuda" if isinstance(geometry, ConeBeam3D) else "astra_cpu"
+        if impl == "astra_cpu" and getattr(geometry, "detector_offset", 0.0) != 0.0:
+            raise ValueError(
+                "backend 'odl' on the CPU ignores detector_offset (ODL's ASTRA CPU conversion drops it); "
+                "use backend 'matrix' or 'astra_cuda' for a shifted rotation centre"
+            )
         self.op = geometry.odl_ray_transform(impl=impl)
         self.device = device
 
@@ -131,13 +136,15 @@ class _AstraCudaImpl:
 
     def __init__(self, geometry: Geometry, device: torch.device):
         import astra
+        import astra.experimental  # noqa: F401  (direct projection on linked GPU memory)
 
         if device.type != "cuda":
             raise ValueError(f"backend 'astra_cuda' needs CUDA tensors, got a tensor on {device}")
         self.astra = astra
         self.geometry = geometry
         self.device = device
-        self._projectors: Dict[int, tuple] = {}
+        self._projectors: Dict[int, int] = {}
+        self._adjoint_scale: Optional[float] = None
 
     def _geometries(self, batch: int):
         from odl.applications.tomo.backends import astra_setup as setup
@@ -179,17 +186,13 @@ class _AstraCudaImpl:
             return (batch, g.n_angles, g.n_detector)
         return (1, batch * g.n_angles, g.n_detector)
 
-    def _volume_view(self, x: torch.Tensor) -> torch.Tensor:
-        # ODL's 3D arrays are (x, y, z); ASTRA's volumes are (z, y, x).
-        return x.permute(2, 1, 0).contiguous() if isinstance(self.geometry, ConeBeam3D) else x
-
     def forward(self, x: torch.Tensor, out_shape) -> torch.Tensor:
         experimental = self.astra.experimental
         if isinstance(self.geometry, ConeBeam3D):
             outs = []
             for sample in x:
                 sino = torch.zeros(self._astra_sino_shape(1), device=x.device, dtype=torch.float32)
-                experimental.direct_FP3D(self._projector(1), self._volume_view(sample.float()).contiguous(), sino)
+                experimental.direct_FP3D(self._projector(1), sample.float().contiguous(), sino)
                 outs.append(sino.transpose(0, 1))  # ASTRA (rows, angles, cols) -> (angles, rows, cols)
             return torch.stack(outs).reshape(x.shape[0], *out_shape).to(x.dtype)
         batch = x.shape[0]
@@ -204,15 +207,30 @@ class _AstraCudaImpl:
             outs = []
             for sample in y:
                 sino = sample.float().transpose(0, 1).contiguous()
-                vol = torch.zeros(tuple(reversed(self.geometry.volume_shape)), device=y.device, dtype=torch.float32)
+                vol = torch.zeros(self.geometry.volume_shape, device=y.device, dtype=torch.float32)
                 experimental.direct_BP3D(self._projector(1), vol, sino)
-                outs.append(vol.permute(2, 1, 0))
+                outs.append(vol * self.adjoint_scale)
             return torch.stack(outs).reshape(y.shape[0], *out_shape).to(y.dtype)
         batch = y.shape[0]
         sino = y.float().reshape(self._astra_sino_shape(batch)).contiguous()
         vol = torch.zeros((batch, *self.geometry.image_shape), device=y.device, dtype=torch.float32)
         experimental.direct_BP3D(self._projector(batch), vol, sino)
-        return vol.to(y.dtype)
+        return (vol * self.adjoint_scale).to(y.dtype)
+
+    @property
+    def adjoint_scale(self) -> float:
+        """ASTRA's GPU back-projector equals the transposed forward projector only up to a
+        geometry-dependent constant; one dot-product test ⟨Ax, y⟩ / ⟨x, BP y⟩ (fixed seed) fixes it."""
+        if self._adjoint_scale is None:
+            self._adjoint_scale = 1.0
+            gen = torch.Generator(device=self.device).manual_seed(0)
+            domain = self.geometry.volume_shape if isinstance(self.geometry, ConeBeam3D) else self.geometry.image_shape
+            x = torch.rand((1, *domain), generator=gen, device=self.device)
+            y = torch.rand((1, *self.geometry.sinogram_shape), generator=gen, device=self.device)
+            lhs = float((self.forward(x, self.geometry.sinogram_shape).double() * y).sum())
+            rhs = float((x.double() * self.adjoint(y, domain)).sum())
+            self._adjoint_scale = lhs / rhs
+        return self._adjoint_scale
 
     def __del__(self):
         try:
@@ -225,6 +243,20 @@ class _AstraCudaImpl:
 _IMPLS = {"odl": _OdlImpl, "matrix": _MatrixImpl, "astra_cuda": _AstraCudaImpl}
 
 
+def _parallel_vectors(geom) -> np.ndarray:
+    """ASTRA ``parallel_vec`` rows (ray, detector centre, detector pixel step) for an ODL 2D parallel
+    geometry, rotated by −90° as ODL does for ASTRA's CPU code. Unlike ODL's ``parallel`` conversion,
+    this keeps a detector offset (centre of rotation)."""
+    angles = geom.angles
+    mid = geom.det_params.mid_pt
+    rotate = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    vectors = np.empty((angles.size, 6))
+    vectors[:, 0:2] = -geom.det_to_src(angles, mid) @ rotate.T
+    vectors[:, 2:4] = geom.det_point_position(angles, mid) @ rotate.T
+    vectors[:, 4:6] = geom.det_axis(angles) * geom.det_partition.cell_sides[0] @ rotate.T
+    return vectors
+
+
 def _build_matrix(geometry: Geometry):
     """ASTRA's CPU system matrix (scipy CSR, float32) in ODL's conventions, shape ``(A*D, H*W)``."""
     import astra
@@ -235,7 +267,10 @@ def _build_matrix(geometry: Geometry):
         raise ValueError("backend 'matrix' is 2D only; use 'astra_cuda' for ConeBeam3D")
     space, geom = geometry.odl_space(), geometry.odl_geometry()
     vol_geom = astra_volume_geometry(space, "cpu")
-    proj_geom = astra_projection_geometry(geom, "cpu")
+    if isinstance(geometry, ParallelBeam2D):
+        proj_geom = astra.create_proj_geom("parallel_vec", geometry.n_detector, _parallel_vectors(geom))
+    else:
+        proj_geom = astra_projection_geometry(geom, "cpu")
     proj_id = astra.create_projector(default_astra_proj_type(geom), proj_geom, vol_geom)
     try:
         mat_id = astra.projector.matrix(proj_id)
