@@ -135,8 +135,7 @@ def cases(devices, geometries):
             elif torch.cuda.is_available():
                 if astra_cuda_available():
                     methods.insert(0, "ours-astra_cuda")
-                if geometry == "small":
-                    methods.insert(1, "ours-matrix")
+                methods.insert(1, "ours-matrix")
             else:
                 continue
             for method in methods:
@@ -165,6 +164,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: all present)")
     parser.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
+    parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all)")
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--max-repeats", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=600, help="seconds per case")
@@ -181,6 +181,8 @@ def main(argv=None):
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = []
     for method, geometry, device in cases(devices, args.geometries):
+        if args.methods and method not in args.methods:
+            continue
         cmd = [sys.executable, __file__, "--one", method, geometry, device,
                "--min-seconds", str(args.min_seconds), "--max-repeats", str(args.max_repeats)]
         print(f"running {method} on {geometry} ({device}) ...", file=sys.stderr, flush=True)

@@ -85,6 +85,11 @@ class SimulatedCTDataModule(L.LightningDataModule):
         self.datasets: Dict[str, EllipsesDataset] = {}
 
     @property
+    def geometry_dict(self) -> Dict[str, Any]:
+        """The geometry as plain numbers (linked into the model's hyperparameters by the CLI)."""
+        return self.geometry.to_dict()
+
+    @property
     def fixed_data_range(self) -> float:
         """The fixed PSNR/SSIM range: ellipse phantoms are normalised to [0, 1]."""
         return 1.0
