@@ -74,6 +74,7 @@ class SimulatedCTDataModule(L.LightningDataModule):
             size = int(base["image_size"])
             geometry = ParallelBeam2D((size, size), num_angles=int(base["num_angles"])).to_dict()
         self.geometry = geometry_from_dict(geometry)
+        self.save_hyperparameters(dict(self.hparams, geometry=self.geometry.to_dict()))  # as the model records it
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.num_workers = batch_size, num_workers

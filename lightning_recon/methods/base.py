@@ -1,0 +1,167 @@
+"""Shared training, validation and test logic of the reconstruction methods.
+
+A method subclasses :class:`ReconstructionModule` and implements ``reconstruct(batch)`` mapping a
+batch dict (``measurement (B, 1, A, D)``, ``fbp (B, 1, H, W)``, ``ground_truth``) to images
+``(B, 1, H, W)``. The base class provides the supervised MSE loss, ``train/loss``,
+``val/psnr`` and ``val/ssim`` (torchmetrics, fixed data range), the per-image test table and the
+optimiser with a cosine schedule. Operators are submodules without state: they are rebuilt
+lazily per process and device, so checkpoints hold only weights and plain hyperparameters.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import lightning as L
+import torch
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from ..metrics import image_metrics
+from ..physics.fbp import FBP
+from ..physics.geometry import Geometry, geometry_from_dict
+from ..physics.ray_transform import RayTransform
+
+__all__ = ["ReconstructionModule", "write_results_table"]
+
+TABLE_COLUMNS = ["method", "psnr", "psnr_std", "ssim", "ssim_std", "psnr_fixed", "psnr_fixed_std",
+                 "ssim_fixed", "ssim_fixed_std", "seconds_per_image", "images"]
+
+
+class ReconstructionModule(L.LightningModule):
+    """Base LightningModule of every reconstruction method.
+
+    Args:
+        geometry: the measurement geometry as a dict of numbers (the CLI links it from the data).
+        lr, betas, weight_decay: Adam(W) settings.
+        scheduler: ``"cosine"`` (annealed to 0 over the run) or ``"none"``.
+        data_range: fixed data range for ``val/psnr``/``val/ssim`` and the "fixed" test columns.
+        fbp_filter, fbp_frequency_scaling: the FBP used by methods that start from one.
+        ray_transform_backend: ``auto``, ``matrix``, ``astra_cuda`` or ``odl``.
+        results_dir: where ``test`` writes ``results.csv`` / ``results.md`` (one row per method).
+        method_name: the row name in the results table (default: the class name).
+    """
+
+    def __init__(
+        self,
+        geometry: Union[Dict[str, Any], Geometry],
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        scheduler: str = "cosine",
+        data_range: float = 1.0,
+        fbp_filter: str = "Hann",
+        fbp_frequency_scaling: float = 0.5,
+        ray_transform_backend: str = "auto",
+        results_dir: Optional[str] = "outputs/results",
+        method_name: Optional[str] = None,
+    ):
+        super().__init__()
+        geometry = geometry_from_dict(geometry)
+        if scheduler not in ("cosine", "none"):
+            raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
+        self.save_hyperparameters()  # collects the subclasses' arguments too
+        # geometry as plain numbers: weights_only-safe checkpoints, equal to the data module's record
+        self.save_hyperparameters(dict(self.hparams, geometry=geometry.to_dict()))
+        self.geometry = geometry
+        self.ray_transform = RayTransform(geometry, backend=ray_transform_backend)
+        self.fbp = FBP(geometry, fbp_filter, fbp_frequency_scaling, ray_transform=self.ray_transform)
+        self.val_psnr = PeakSignalNoiseRatio(data_range=data_range, reduction="elementwise_mean", dim=(1, 2, 3))
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=data_range)
+        self._test_rows: List[Dict[str, torch.Tensor]] = []
+
+    @property
+    def method_name(self) -> str:
+        return self.hparams.get("method_name") or type(self).__name__
+
+    # -- to implement ----------------------------------------------------------------------
+    def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Images ``(B, 1, H, W)`` from a batch dict."""
+        raise NotImplementedError
+
+    def forward(self, measurement: torch.Tensor) -> torch.Tensor:
+        """Reconstruct from sinograms ``(B, 1, A, D)`` alone (FBP computed here when needed)."""
+        return self.reconstruct({"measurement": measurement, "fbp": self.fbp(measurement)})
+
+    # -- steps ------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        loss = torch.nn.functional.mse_loss(self.reconstruct(batch), batch["ground_truth"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ground_truth"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        pred = self.reconstruct(batch).float()
+        truth = batch["ground_truth"]
+        self.val_psnr(pred, truth)
+        self.val_ssim(pred, truth)
+        self.log("val/loss", torch.nn.functional.mse_loss(pred, truth), sync_dist=True, batch_size=len(truth))
+        self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=len(truth))
+        self.log("val/ssim", self.val_ssim, batch_size=len(truth))
+        return pred
+
+    def test_step(self, batch, batch_idx):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        pred = self.reconstruct(batch).float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = torch.full((len(pred),), (time.perf_counter() - start) / len(pred), device=self.device)
+        scores = image_metrics(pred, batch["ground_truth"], fixed_range=self.hparams.data_range)
+        self._test_rows.append(dict(scores, seconds=seconds))
+        self.log("test/psnr", scores["psnr"].mean(), batch_size=len(pred), sync_dist=True)
+        self.log("test/ssim", scores["ssim"].mean(), batch_size=len(pred), sync_dist=True)
+        return pred
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        per_image = {k: torch.cat([row[k] for row in self._test_rows]) for k in self._test_rows[0]}
+        gathered = {k: self.all_gather(v).reshape(-1).cpu() for k, v in per_image.items()}
+        row = {"method": self.method_name, "images": len(gathered["psnr"]),
+               "seconds_per_image": float(gathered["seconds"].mean())}
+        for key in ("psnr", "ssim", "psnr_fixed", "ssim_fixed"):
+            row[key], row[f"{key}_std"] = float(gathered[key].mean()), float(gathered[key].std())
+        self.test_results = row
+        if self.trainer.is_global_zero and self.hparams.results_dir:
+            write_results_table(Path(self.hparams.results_dir), row)
+
+    def predict_step(self, batch, batch_idx):
+        return self.reconstruct(batch)
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                      weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "none":
+            return optimizer
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def write_results_table(directory: Path, row: Dict[str, Any]) -> Path:
+    """Insert or replace ``row`` (by method name) in ``results.csv`` and rewrite ``results.md``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    csv_path = directory / "results.csv"
+    rows = []
+    if csv_path.exists():
+        with csv_path.open() as f:
+            rows = [r for r in csv.DictReader(f) if r["method"] != row["method"]]
+    rows.append({k: row[k] for k in TABLE_COLUMNS})
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| method | PSNR (dB) | SSIM | PSNR, fixed range | SSIM, fixed range | s/image | images |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = {k: float(r[k]) for k in TABLE_COLUMNS if k != "method"}
+        lines.append(
+            f"| {r['method']} | {f['psnr']:.2f} ± {f['psnr_std']:.2f} | {f['ssim']:.3f} ± {f['ssim_std']:.3f} | "
+            f"{f['psnr_fixed']:.2f} ± {f['psnr_fixed_std']:.2f} | {f['ssim_fixed']:.3f} ± {f['ssim_fixed_std']:.3f} | "
+            f"{f['seconds_per_image']:.4f} | {int(f['images'])} |"
+        )
+    (directory / "results.md").write_text("\n".join(lines) + "\n")
+    return directory / "results.md"

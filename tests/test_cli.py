@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_recon.cli import cli_main, default_wandb_mode
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = [
+    "--data.init_args.preset=ellipses-small", "--data.init_args.image_size=32", "--data.init_args.num_angles=12",
+    "--data.init_args.train_length=8", "--data.init_args.val_length=4", "--data.init_args.test_length=4",
+    "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+    "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.check_val_every_n_epoch=null",
+    "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
+]
+
+
+def base_configs(group: str):
+    """Complete a partial config with the small data, a model, the CPU trainer and the CSV logger."""
+    defaults = {"data": "data/ellipses-small.yaml", "model": "model/fbp_unet.yaml",
+                "trainer": "trainer/cpu.yaml", "logger": "logger/csv.yaml"}
+    defaults.pop(group, None)
+    return [arg for path in defaults.values() for arg in ("--config", str(CONFIGS / path))]
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")))
+def test_every_committed_config_parses_and_instantiates(path, tmp_path):
+    group = path.split("/")[0]
+    args = [] if group == "experiment" else base_configs(group)
+    args += ["--config", str(CONFIGS / path), "--trainer.default_root_dir", str(tmp_path)]
+    if group in ("experiment", "trainer"):
+        args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
+                 "--trainer.precision=32-true", "--trainer.sync_batchnorm=false"]
+    cli = cli_main(args, run=False)
+    assert cli.model.geometry == cli.datamodule.geometry
+    assert isinstance(cli.trainer, type(cli.trainer))
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(CONFIGS / "experiment/ellipses30_learned_pd.yaml"), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "class_path: lightning_recon.methods.LearnedPD" in printed and "preset: ellipses-30" in printed
+
+
+@pytest.mark.parametrize("model", ["fbp_unet", "learned_gd", "learned_pd"])
+def test_fit_two_steps_then_test_writes_the_results_table(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    results = tmp_path / "results"
+    args = ["--config", str(CONFIGS / f"model/{model}.yaml"), "--config", str(CONFIGS / "logger/csv.yaml"),
+            *TINY, f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--model.init_args.results_dir={results}"]
+    cli = cli_main(["fit", *args])
+    checkpoints = list(Path(cli.trainer.log_dir).rglob("*.ckpt"))
+    assert any(c.name == "last.ckpt" for c in checkpoints)
+    last = next(c for c in checkpoints if c.name == "last.ckpt")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["geometry"]["image_shape"] == [32, 32]
+    assert (Path(cli.trainer.log_dir) / "config.yaml").exists()
+    assert list((Path(cli.trainer.log_dir) / "panels").glob("*.png"))
+    cli_main(["test", *args, f"--ckpt_path={last}"])
+    table = (results / "results.md").read_text()
+    assert cli.model.method_name in table and (results / "results.csv").exists()
+
+
+def test_wandb_offline_run_logs_images_and_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    args = ["fit", "--config", str(CONFIGS / "model/fbp_unet.yaml"), "--config", str(CONFIGS / "logger/wandb.yaml"),
+            *TINY, f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--model.init_args.results_dir={tmp_path / 'results'}"]
+    cli_main(args)
+    import wandb
+
+    wandb.finish()  # Lightning keeps the run open for a later test(); closing it flushes the files
+    run_dirs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    files = {p.relative_to(run_dirs[0]).as_posix() for p in run_dirs[0].rglob("*") if p.is_file()}
+    assert any(f.startswith("files/media/images/val/panels") and f.endswith(".png") for f in files), files
+    records = next(run_dirs[0].glob("run-*.wandb")).read_bytes()  # offline runs keep the config here
+    assert b"lightning_recon.methods.FBPUNet" in records and b"ellipses-small" in records
+
+
+def test_wandb_mode_defaults_to_offline_without_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    assert default_wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert default_wandb_mode() == "disabled"
+
+
+def test_ddp_spawn_two_cpu_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = ["fit", "--config", str(CONFIGS / "model/learned_gd.yaml"), *TINY, "--trainer.devices=2",
+            "--trainer.strategy=ddp_spawn", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+            "--checkpoint.dirpath", str(tmp_path / "ckpt"), f"--model.init_args.results_dir={tmp_path}"]
+    cli = cli_main(args)
+    assert cli.trainer.world_size == 2
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
