@@ -114,6 +114,12 @@ class ReconstructionModule(L.LightningModule):
         self.log("test/ssim", scores["ssim"].mean(), batch_size=len(pred), sync_dist=True)
         return pred
 
+    def on_test_start(self) -> None:
+        """Build operators (matrix, ‖A‖) before the timed test steps."""
+        with torch.no_grad():
+            zeros = torch.zeros(1, 1, *self.geometry.sinogram_shape, device=self.device)
+            self.reconstruct({"measurement": zeros, "fbp": self.fbp(zeros)})
+
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
 
