@@ -47,12 +47,11 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: Optional[float] =
     """SSIM per image (7×7 uniform window), shape ``(B,)``."""
     _check(pred, target)
     pred, target = pred.float(), target.float()
-    return torch.stack([
-        structural_similarity_index_measure(
-            p[None], t[None], data_range=r, gaussian_kernel=False, kernel_size=7
-        )
-        for p, t, r in zip(pred, target, _ranges(target, data_range))
-    ])
+    with torch.autocast(pred.device.type, enabled=False):  # bf16 convolutions ruin σ² = E[x²] − μ²
+        return torch.stack([
+            structural_similarity_index_measure(p[None], t[None], data_range=r, gaussian_kernel=False, kernel_size=7)
+            for p, t, r in zip(pred, target, _ranges(target, data_range))
+        ])
 
 
 def image_metrics(pred: torch.Tensor, target: torch.Tensor, fixed_range: float = 1.0) -> Dict[str, torch.Tensor]:

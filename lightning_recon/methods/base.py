@@ -93,8 +93,9 @@ class ReconstructionModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         pred = self.reconstruct(batch).float()
         truth = batch["ground_truth"]
-        self.val_psnr(pred, truth)
-        self.val_ssim(pred, truth)
+        with torch.autocast(self.device.type, enabled=False):  # SSIM's convolutions in bf16 are wrong
+            self.val_psnr(pred, truth)
+            self.val_ssim(pred, truth)
         self.log("val/loss", torch.nn.functional.mse_loss(pred, truth), sync_dist=True, batch_size=len(truth))
         self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=len(truth))
         self.log("val/ssim", self.val_ssim, batch_size=len(truth))
