@@ -53,6 +53,9 @@ class ReconCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.geometry_dict", "model.init_args.geometry", apply_on="instantiate")
         parser.link_arguments("data.fixed_data_range", "model.init_args.data_range", apply_on="instantiate")
+        # the model's own FBP (used by forward(measurement)) is the one its training inputs were made with
+        parser.link_arguments("data.init_args.fbp_filter", "model.init_args.fbp_filter")
+        parser.link_arguments("data.init_args.fbp_frequency_scaling", "model.init_args.fbp_frequency_scaling")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/psnr",

@@ -99,3 +99,20 @@ def test_ddp_spawn_two_cpu_processes(tmp_path, monkeypatch):
     cli = cli_main(args)
     assert cli.trainer.world_size == 2
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("baseline,extra", [
+    ("FBPBaseline", ["--model.init_args.frequency_scalings=[0.5,1.0]", "--model.init_args.filters=[Hann,Ram-Lak]"]),
+    ("TVBaseline", ["--model.init_args.iterations=30", "--model.init_args.alphas=[0.1,3.0]"]),
+])
+def test_classical_baselines_tune_on_validation_and_join_the_table(baseline, extra, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    results = tmp_path / "results"
+    cli = cli_main(["test", f"--model=lightning_recon.methods.{baseline}", *extra, *TINY, "--trainer.logger=false",
+                    f"--trainer.default_root_dir={tmp_path}", f"--model.init_args.results_dir={results}"])
+    tuned = cli.model.hparams
+    if baseline == "FBPBaseline":
+        assert tuned.fbp_filter in ("Hann", "Ram-Lak") and tuned.fbp_frequency_scaling in (0.5, 1.0)
+    else:
+        assert tuned.alpha in (0.1, 3.0)
+    assert cli.model.method_name in (results / "results.md").read_text()

@@ -1,6 +1,8 @@
 """LightningModules: the training logic of each reconstruction method."""
 from .base import ReconstructionModule, write_results_table
+from .classical import FBPBaseline, TVBaseline
 from .learned_iterative import LearnedGD, LearnedPD
 from .post_processing import FBPUNet
 
-__all__ = ["FBPUNet", "LearnedGD", "LearnedPD", "ReconstructionModule", "write_results_table"]
+__all__ = ["FBPBaseline", "FBPUNet", "LearnedGD", "LearnedPD", "ReconstructionModule", "TVBaseline",
+           "write_results_table"]
