@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m lightning_recon.demo
+	$(PY) -m lightning_recon.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
