@@ -31,7 +31,20 @@ def _validation_samples(trainer, count: int):
     return torch.cat(measurements)[:count], torch.cat(truths)[:count]
 
 
-class FBPBaseline(ReconstructionModule):
+class _TunedBaseline(ReconstructionModule):
+    """Runs ``tune_on(measurement, truth)`` on validation samples before testing, if ``tune``."""
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        if self.hparams.tune:
+            measurement, truth = _validation_samples(self.trainer, self.hparams.tune_samples)
+            self.tune_on(measurement.to(self.device), truth.to(self.device))
+
+    def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class FBPBaseline(_TunedBaseline):
     """Filtered back-projection; with ``tune=True`` the filter and frequency scaling maximise the
     validation PSNR over ``filters`` × ``frequency_scalings``."""
 
@@ -40,12 +53,7 @@ class FBPBaseline(ReconstructionModule):
                  tune_samples: int = 50, method_name: str = "FBP", **kwargs):
         super().__init__(method_name=method_name, **kwargs)
 
-    def on_test_start(self) -> None:
-        super().on_test_start()
-        if not self.hparams.tune:
-            return
-        measurement, truth = _validation_samples(self.trainer, self.hparams.tune_samples)
-        measurement, truth = measurement.to(self.device), truth.to(self.device)
+    def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> None:
         scores = {}
         for filter_type in self.hparams.filters:
             for scaling in self.hparams.frequency_scalings:
@@ -61,7 +69,7 @@ class FBPBaseline(ReconstructionModule):
         return self.fbp(batch["measurement"])
 
 
-class TVBaseline(ReconstructionModule):
+class TVBaseline(_TunedBaseline):
     """``argmin_x ½‖Ax − y‖² + α TV(x)``, x ≥ 0, by PDHG; ``tune=True`` picks α from ``alphas``
     by validation PSNR."""
 
@@ -70,13 +78,9 @@ class TVBaseline(ReconstructionModule):
                  method_name: str = "TV", **kwargs):
         super().__init__(method_name=method_name, **kwargs)
 
-    def on_test_start(self) -> None:
-        super().on_test_start()
-        if not self.hparams.tune:
-            return
-        measurement, truth = _validation_samples(self.trainer, self.hparams.tune_samples)
-        alpha, _ = tune_alpha(measurement.to(self.device), truth.to(self.device), self.ray_transform,
-                              alphas=self.hparams.alphas, iterations=self.hparams.iterations)
+    def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> None:
+        alpha, _ = tune_alpha(measurement, truth, self.ray_transform, alphas=self.hparams.alphas,
+                              iterations=self.hparams.iterations)
         self.hparams.update(alpha=float(alpha))
         rank_zero_info(f"TV tuned on {len(truth)} validation samples: alpha {alpha:g}")
 
