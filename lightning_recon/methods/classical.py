@@ -74,7 +74,7 @@ class TVBaseline(_TunedBaseline):
     by validation PSNR."""
 
     def __init__(self, alpha: float = 1.0, iterations: int = 500, nonnegative: bool = True, tune: bool = True,
-                 alphas: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0), tune_samples: int = 20,
+                 alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0), tune_samples: int = 20,
                  method_name: str = "TV", **kwargs):
         super().__init__(method_name=method_name, **kwargs)
 

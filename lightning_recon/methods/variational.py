@@ -1,113 +1,188 @@
 """Total-variation regularised reconstruction by PDHG (Chambolle & Pock 2011), batched in torch.
 
-Solves ``argmin_x ½‖Ax − y‖² + α TV(x)`` (optionally ``x ≥ 0``) with isotropic TV on forward
-differences, for a whole batch at once on the tensor's device.
+Solves ``argmin_x ½‖Ax − y‖² + α TV(x)`` (optionally subject to ``x ≥ 0``) for a whole batch of
+sinograms at once, on the tensor's device, with TV on forward differences (zero flux at the border).
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple, Union
+import numbers
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..metrics import psnr
+from ..physics.ray_transform import RayTransform
 
 __all__ = ["gradient", "divergence", "total_variation", "tv_pdhg", "tune_alpha"]
 
+GRADIENT_NORM_SQUARED_BOUND = 8.0  # ‖∇‖² ≤ 4 + 4 for 2D forward differences
+
 
 def gradient(x: torch.Tensor) -> torch.Tensor:
-    """Forward differences with zero flux at the border: ``(B, 1, H, W) -> (B, 2, H, W)``."""
-    dx = torch.zeros_like(x)
-    dy = torch.zeros_like(x)
-    dx[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
-    dy[..., :, :-1] = x[..., :, 1:] - x[..., :, :-1]
-    return torch.cat([dx, dy], dim=1)
+    """Forward differences, zero across the last row/column: ``(B, C, H, W) -> (B, 2, C, H, W)``.
+
+    Component 0 differentiates along ``H`` (axis −2), component 1 along ``W`` (axis −1), in image
+    value per pixel.
+    """
+    along_h = F.pad(torch.diff(x, dim=-2), (0, 0, 0, 1))
+    along_w = F.pad(torch.diff(x, dim=-1), (0, 1))
+    return torch.stack([along_h, along_w], dim=1)
 
 
 def divergence(p: torch.Tensor) -> torch.Tensor:
-    """Negative adjoint of :func:`gradient`: ``(B, 2, H, W) -> (B, 1, H, W)``."""
-    px, py = p[:, :1], p[:, 1:2]
-    div = torch.zeros_like(px)
-    div[..., :-1, :] += px[..., :-1, :]
-    div[..., 1:, :] -= px[..., :-1, :]
-    div[..., :, :-1] += py[..., :, :-1]
-    div[..., :, 1:] -= py[..., :, :-1]
-    return div
+    """Negative adjoint of :func:`gradient`: ``(B, 2, C, H, W) -> (B, C, H, W)``."""
+    flux_h, flux_w = p[:, 0, ..., :-1, :], p[:, 1, ..., :, :-1]
+    return (F.pad(flux_h, (0, 0, 0, 1)) - F.pad(flux_h, (0, 0, 1, 0))
+            + F.pad(flux_w, (0, 1)) - F.pad(flux_w, (1, 0)))
 
 
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Isotropic TV per image, ``Σ √(dx² + dy²)``: ``(B, 1, H, W) -> (B,)``."""
-    return gradient(x).pow(2).sum(1).sqrt().flatten(1).sum(1)
+def total_variation(x: torch.Tensor, isotropic: bool = True) -> torch.Tensor:
+    """TV per image in image value × pixels: ``(B, C, H, W) -> (B,)``, summed over channels.
+
+    Isotropic: ``Σ √(∂ₕx² + ∂𝓌x²)``; anisotropic: ``Σ |∂ₕx| + |∂𝓌x|``. Both give a straight,
+    axis-aligned step of height ``h`` and length ``L`` pixels the value ``h·L``.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must be images (B, C, H, W), got shape {tuple(x.shape)}")
+    grad = gradient(x)
+    pointwise = grad.pow(2).sum(1).sqrt() if isotropic else grad.abs().sum(1)
+    return pointwise.flatten(1).sum(1)
+
+
+def _per_sample_alpha(alpha: Union[float, torch.Tensor], batch: int, like: torch.Tensor) -> torch.Tensor:
+    """``alpha`` as a finite, non-negative tensor ``(B,)`` with ``like``'s dtype and device."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.dim() > 1 or (alpha.dim() == 1 and alpha.shape[0] != batch):
+            raise ValueError(f"alpha must be a number or a tensor of shape ({batch},), got shape {tuple(alpha.shape)}")
+        if alpha.is_complex() or alpha.dtype == torch.bool:
+            raise ValueError(f"alpha must be real, got dtype {alpha.dtype}")
+        values = alpha.detach().to(like.device, like.dtype).expand(batch)
+    elif isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+        values = torch.full((batch,), float(alpha), dtype=like.dtype, device=like.device)
+    else:
+        raise ValueError(f"alpha must be a real number or a tensor of shape ({batch},), got {type(alpha).__name__}")
+    if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
+        raise ValueError(f"alpha must be finite and >= 0, got {values.tolist()}")
+    return values
 
 
 @torch.no_grad()
 def tv_pdhg(
     y: torch.Tensor,
-    ray_transform,
+    ray_transform: RayTransform,
     alpha: Union[float, torch.Tensor],
     iterations: int = 500,
     nonnegative: bool = True,
+    isotropic: bool = True,
+    x0: Optional[torch.Tensor] = None,
     progress: bool = False,
+    step_ratio: float = 0.2,
 ) -> torch.Tensor:
-    """TV-regularised reconstruction of sinograms ``y (B, 1, A, D)`` → images ``(B, 1, H, W)``.
+    """``argmin_x ½‖Ax − y‖² + α TV(x)`` (``x ≥ 0`` if ``nonnegative``) by Chambolle–Pock PDHG.
 
     Args:
-        ray_transform: the :class:`~lightning_recon.physics.RayTransform` ``A``.
-        alpha: TV weight, a float or one per sample ``(B,)``; in the units of ``½‖Ax − y‖²``.
-        iterations: PDHG iterations on the normalised operator ``K = [A / ‖A‖; ∇]`` with
-            ``σ = τ = 0.99 / 3`` (‖K‖² ≤ 1 + 8).
-        nonnegative: project onto ``x ≥ 0``.
+        y: sinograms ``(B, 1, n_angles, n_det)`` in line-integral units (image value × length).
+        ray_transform: the operator ``A`` of ``y``'s geometry.
+        alpha: TV weight ``≥ 0``, in the units of ``½‖Ax − y‖²`` per unit of TV (see
+            :func:`total_variation`); a number or one per sample, shape ``(B,)``.
+        iterations: PDHG iterations (each one ``A`` and one ``Aᵀ``).
+        nonnegative: constrain ``x ≥ 0``.
+        isotropic: isotropic TV (pointwise Euclidean norm of the gradient) or anisotropic (ℓ¹).
+        x0: starting image ``(B, 1, H, W)``; zeros by default.
+        progress: show a tqdm progress bar.
+        step_ratio: ``r`` in the step sizes ``σ = 0.99 r / ‖K‖`` (dual) and ``τ = 0.99 / (r ‖K‖)``
+            (primal); any ``r > 0`` converges, ``r < 1`` favours the primal step. Of 0.03–3, 0.2
+            converged best over α ∈ [3, 30] on ellipses-30 (images in [0, 1]).
+
+    Returns:
+        images ``(B, 1, H, W)`` in image value, on ``y``'s device and dtype (half precision input
+        is computed in float32).
+
+    The problem is solved in the equivalent form scaled by ``1 / ‖A‖²`` (operator ``A / ‖A‖``, data
+    ``y / ‖A‖``, weight ``α / ‖A‖²``), so that ``K = [A / ‖A‖; ∇]`` has ``‖K‖² ≤ 1 + 8`` whatever
+    the geometry and ``σ τ ‖K‖² < 1`` holds with the step sizes above.
     """
-    if y.dim() != 4 or y.shape[1] != 1:
-        raise ValueError(f"y must be sinograms (B, 1, A, D), got shape {tuple(y.shape)}")
-    alpha = torch.as_tensor(alpha, dtype=y.dtype, device=y.device)
-    if alpha.dim() == 0:
-        alpha = alpha.expand(y.shape[0])
-    if alpha.shape != (y.shape[0],) or not torch.isfinite(alpha).all() or (alpha < 0).any():
-        raise ValueError(f"alpha must be a finite number >= 0 or one per sample, got {alpha.tolist()}")
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    # same minimiser with A / ‖A‖, y / ‖A‖ and α / ‖A‖²: balances the data and TV blocks of K
-    norm = ray_transform.operator_norm()
+    if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+        raise ValueError(f"y must be a floating-point torch.Tensor, got {type(y).__name__}")
+    if y.dim() != 4 or y.shape[1] != 1 or tuple(y.shape[2:]) != tuple(ray_transform.range_shape):
+        raise ValueError(f"y must be sinograms (B, 1, {', '.join(map(str, ray_transform.range_shape))}) "
+                         f"for this ray transform, got shape {tuple(y.shape)}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y contains NaN or inf values")
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    image_shape = (y.shape[0], 1, *ray_transform.domain_shape)
+    if x0 is not None and (not isinstance(x0, torch.Tensor) or tuple(x0.shape) != image_shape):
+        raise ValueError(f"x0 must be images of shape {image_shape}, got "
+                         f"{tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__}")
+    if not (isinstance(step_ratio, numbers.Real) and math.isfinite(step_ratio) and step_ratio > 0):
+        raise ValueError(f"step_ratio must be a positive finite number, got {step_ratio!r}")
+    output_dtype = y.dtype
+    if y.dtype in (torch.float16, torch.bfloat16):
+        y = y.float()  # the ray transform computes in float32; so does the iteration
+    alpha = _per_sample_alpha(alpha, y.shape[0], y)
+
+    norm = ray_transform.operator_norm(device=y.device)
     y = y / norm
-    alpha = alpha.view(-1, 1, 1, 1) / norm**2
-    step = 0.99 / math.sqrt(1.0 + 8.0)
-    x = torch.zeros_like(ray_transform.adjoint(y))
-    x_bar = x.clone()
+    # the TV dual lives in pointwise balls of this radius (kept > 0 so that α = 0 divides safely)
+    radius = (alpha / norm**2).clamp_min(torch.finfo(y.dtype).tiny).view(-1, 1, 1, 1, 1)
+    step = 0.99 / math.sqrt(1.0 + GRADIENT_NORM_SQUARED_BOUND)  # 0.99 / ‖K‖
+    dual_step, primal_step = step * step_ratio, step / step_ratio
+
+    x = torch.zeros(image_shape, dtype=y.dtype, device=y.device) if x0 is None else x0.to(y.device, y.dtype).clone()
+    if nonnegative:
+        x = x.clamp_min(0)
+    x_extrapolated = x
     dual_data = torch.zeros_like(y)
-    dual_tv = torch.zeros_like(gradient(x))
+    dual_tv = torch.zeros((y.shape[0], 2, *image_shape[1:]), dtype=y.dtype, device=y.device)
     for _ in tqdm(range(iterations), desc="TV-PDHG", disable=not progress, leave=False):
-        # dual of ½‖· − y‖²: prox is (v − σ y) / (1 + σ)
-        dual_data = (dual_data + step * (ray_transform(x_bar) / norm - y)) / (1 + step)
-        # dual of α‖·‖_{2,1}: projection onto pointwise balls of radius α
-        dual_tv = dual_tv + step * gradient(x_bar)
-        dual_tv = dual_tv / torch.clamp(dual_tv.pow(2).sum(1, keepdim=True).sqrt() / alpha.clamp_min(1e-12), min=1.0)
-        x_new = x - step * (ray_transform.adjoint(dual_data) / norm - divergence(dual_tv))
+        # prox of σF* for F = ½‖· − y‖²: (v − σy) / (1 + σ)
+        dual_data = (dual_data + dual_step * (ray_transform(x_extrapolated) / norm - y)) / (1 + dual_step)
+        # prox of σF* for F = α‖·‖: projection onto the dual norm's ball of radius α
+        dual_tv = dual_tv + dual_step * gradient(x_extrapolated)
+        if isotropic:
+            dual_tv = dual_tv / (dual_tv.pow(2).sum(1, keepdim=True).sqrt() / radius).clamp_min(1.0)
+        else:
+            dual_tv = torch.minimum(torch.maximum(dual_tv, -radius), radius)
+        x_next = x - primal_step * (ray_transform.adjoint(dual_data) / norm - divergence(dual_tv))
         if nonnegative:
-            x_new = x_new.clamp_min(0)
-        x_bar = 2 * x_new - x
-        x = x_new
-    return x
+            x_next = x_next.clamp_min(0)
+        x_extrapolated = 2 * x_next - x
+        x = x_next
+    return x.to(output_dtype)
 
 
 def tune_alpha(
-    measurements: torch.Tensor,
-    truths: torch.Tensor,
-    ray_transform,
+    val_measurements: torch.Tensor,
+    val_truths: torch.Tensor,
+    ray_transform: RayTransform,
     alphas: Sequence[float],
     iterations: int = 500,
+    **pdhg_options,
 ) -> Tuple[float, Dict[float, float]]:
-    """The α of ``alphas`` with the best mean PSNR (per-image range) on validation pairs.
+    """The α of ``alphas`` with the highest mean PSNR (per-image data range) on validation pairs.
 
-    All α run as one batch. Returns ``(best_alpha, {alpha: mean PSNR})``.
+    Args:
+        val_measurements: sinograms ``(N, 1, n_angles, n_det)``.
+        val_truths: ground truths ``(N, 1, H, W)``.
+        alphas: candidate TV weights (see :func:`tv_pdhg`).
+        iterations, pdhg_options: passed to :func:`tv_pdhg`; all candidates run as one batch.
+
+    Returns:
+        ``(best_alpha, {alpha: mean PSNR in dB})``.
     """
     if len(alphas) == 0:
         raise ValueError("alphas must not be empty")
-    n = len(measurements)
-    stacked = measurements.repeat(len(alphas), 1, 1, 1)
-    weights = torch.tensor([float(a) for a in alphas], device=measurements.device).repeat_interleave(n)
-    recon = tv_pdhg(stacked, ray_transform, weights, iterations=iterations)
-    scores = psnr(recon, truths.repeat(len(alphas), 1, 1, 1)).view(len(alphas), n).mean(1)
+    if val_truths.dim() != 4 or val_truths.shape[0] != val_measurements.shape[0]:
+        raise ValueError(f"val_truths must be (N, 1, H, W) with N = {val_measurements.shape[0]} measurements, "
+                         f"got shape {tuple(val_truths.shape)}")
+    count = val_measurements.shape[0]
+    candidates = torch.tensor([float(a) for a in alphas], dtype=val_measurements.dtype, device=val_measurements.device)
+    recon = tv_pdhg(val_measurements.repeat(len(alphas), 1, 1, 1), ray_transform, candidates.repeat_interleave(count),
+                    iterations=iterations, **pdhg_options)
+    scores = psnr(recon, val_truths.to(recon.device).repeat(len(alphas), 1, 1, 1)).view(len(alphas), count).mean(1)
     table = {float(a): float(s) for a, s in zip(alphas, scores)}
     return max(table, key=table.get), table
