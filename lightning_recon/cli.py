@@ -114,6 +114,13 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--tv-weight", type=float, default=1e-4, help="γ of the TV term (0: plain DIP)")
     parser.add_argument("--network-input", choices=["fbp", "noise"], default="fbp")
+    parser.add_argument("--data-loss", choices=["mse", "poisson"], default="mse",
+                        help="poisson: photon-count likelihood for pre-log statistics (--photons per ray)")
+    parser.add_argument("--photons", type=float, default=1e4)
+    parser.add_argument("--early-stop-window", type=int, default=0,
+                        help="stop when the moving variance over this many iterates stalls (0: run all)")
+    parser.add_argument("--early-stop-patience", type=int, default=300)
+    parser.add_argument("--snapshot-every", type=int, default=0, help="log the image every N iterations")
     parser.add_argument("--init", default="random", help="'random' or a checkpoint with net.* weights (EDIP)")
     parser.add_argument("--channels", type=int, default=64, help="U-Net channels at every scale")
     parser.add_argument("--scales", type=int, default=5)
@@ -143,7 +150,9 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     L.seed_everything(opts.seed, verbose=False)
     model = DeepImagePrior(scan.geometry.to_dict(), channels=(opts.channels,) * opts.scales,
                            skip_channels=(4,) * opts.scales, network_input=opts.network_input, tv_weight=opts.tv_weight,
-                           lr=opts.lr, pretrained=None if opts.init == "random" else opts.init, seed=opts.seed)
+                           lr=opts.lr, pretrained=None if opts.init == "random" else opts.init, seed=opts.seed,
+                           data_loss=opts.data_loss, photons=opts.photons, early_stop_window=opts.early_stop_window,
+                           early_stop_patience=opts.early_stop_patience, snapshot_every=opts.snapshot_every)
     model.reference = reference
     if opts.logger == "wandb":
         os.environ["WANDB_MODE"] = default_wandb_mode()
@@ -163,7 +172,8 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     best = model.best_image[0, 0].cpu()
     fbp = model.fbp(y)[0, 0]
     summary = _save_finetune_outputs(out, best, fbp, reference, model.losses)
-    summary.update(best_loss=model.best_loss, iterations=opts.iterations, input=opts.input,
+    summary.update(best_loss=model.best_loss, iterations=len(model.losses), stopped_early_at=model.stopped_at,
+                   input=opts.input,
                    sinogram_shape=list(scan.data.shape))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

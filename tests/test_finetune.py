@@ -46,3 +46,33 @@ def test_dip_rejects_bad_options():
         DeepImagePrior({"image_shape": [8, 8], "num_angles": 4}, network_input="zeros")
     with pytest.raises(ValueError, match="tv_weight"):
         DeepImagePrior({"image_shape": [8, 8], "num_angles": 4}, tv_weight=-1.0)
+
+
+def _tiny_problem():
+    from lightning_recon.physics import ParallelBeam2D, RayTransform
+
+    geometry = ParallelBeam2D((24, 24), num_angles=15)
+    truth = torch.zeros(1, 1, 24, 24)
+    truth[..., 6:16, 8:18] = 0.05
+    return geometry, RayTransform(geometry)(truth)
+
+
+def test_poisson_misfit_is_zero_at_the_data_and_positive_elsewhere():
+    geometry, y = _tiny_problem()
+    model = DeepImagePrior(geometry.to_dict(), channels=(4, 4), skip_channels=(0, 0), data_loss="poisson", photons=1e3)
+    assert abs(float(model.data_misfit(y, y))) < 1e-6
+    assert float(model.data_misfit(y + 0.1, y)) > 0 and float(model.data_misfit(y - 0.1, y)) > 0
+
+
+def test_moving_variance_early_stop_ends_the_run_and_snapshots_are_saved(tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    geometry, y = _tiny_problem()
+    model = DeepImagePrior(geometry.to_dict(), channels=(8, 8, 8), skip_channels=(2, 2, 2), lr=1e-2,
+                           early_stop_window=5, early_stop_patience=10, snapshot_every=20)
+    trainer = L.Trainer(max_steps=2000, logger=CSVLogger(str(tmp_path)), enable_checkpointing=False,
+                        enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(model, RepeatedMeasurement(y[0], 2000).loader())
+    assert model.stopped_at is not None and len(model.losses) < 2000
+    assert list(tmp_path.rglob("snapshots/step*.png"))

@@ -50,6 +50,12 @@ class DeepImagePrior(L.LightningModule):
         tv_weight: γ of the TV term (per pixel), 0 for plain DIP.
         lr: Adam learning rate.
         pretrained: a checkpoint whose ``net.*`` weights initialise the network (EDIP), or None.
+        data_loss: ``"mse"`` on the post-log sinogram, or ``"poisson"``: the negative log-likelihood
+            of counts ``photons · exp(−y)`` given ``photons · exp(−A x)`` (pre-log photon statistics).
+        early_stop_window, early_stop_patience: stop automatically when the windowed moving variance
+            of the last ``window`` iterates (ES-WMV, Wang et al. 2021) has not reached a new minimum
+            for ``patience`` iterations; 0 disables it.
+        snapshot_every: log the current image every N iterations (W&B image or PNG in the run folder).
         reference: optional reference image ``(H, W)`` (e.g. a full-angle reconstruction) for
             PSNR/SSIM logging; not used by the optimisation.
     """
@@ -66,11 +72,18 @@ class DeepImagePrior(L.LightningModule):
         seed: int = 0,
         fbp_filter: str = "Hann",
         fbp_frequency_scaling: float = 1.0,
+        data_loss: str = "mse",
+        photons: float = 1e4,
+        early_stop_window: int = 0,
+        early_stop_patience: int = 300,
+        snapshot_every: int = 0,
     ):
         super().__init__()
         geometry = geometry_from_dict(geometry)
         if network_input not in ("noise", "fbp"):
             raise ValueError(f"network_input must be 'noise' or 'fbp', got {network_input!r}")
+        if data_loss not in ("mse", "poisson"):
+            raise ValueError(f"data_loss must be 'mse' or 'poisson', got {data_loss!r}")
         if tv_weight < 0:
             raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
         self.save_hyperparameters()
@@ -88,6 +101,9 @@ class DeepImagePrior(L.LightningModule):
         self.best_loss = float("inf")
         self.best_image: Optional[torch.Tensor] = None
         self.losses: list = []
+        self.stopped_at: Optional[int] = None
+        self._window: list = []
+        self._best_variance = (float("inf"), 0)
 
     def network_input(self, y: torch.Tensor) -> torch.Tensor:
         """The fixed input ``z`` (scaled to O(1)); also fixes ``image_scale`` = max of the FBP."""
@@ -108,12 +124,15 @@ class DeepImagePrior(L.LightningModule):
     def training_step(self, y: torch.Tensor, batch_idx: int):
         x = self(y)
         # relative data misfit and per-pixel TV of the O(1) image: γ means the same on any scan
-        data_loss = torch.nn.functional.mse_loss(self.ray_transform(x), y) / y.pow(2).mean()
+        data_loss = self.data_misfit(self.ray_transform(x), y)
         loss = data_loss + self.hparams.tv_weight * total_variation(x / self.image_scale).mean() / x[0].numel()
         value = float(loss)
         self.losses.append(value)
         if value < self.best_loss:
             self.best_loss, self.best_image = value, x.detach().clone()
+        self._early_stop(x.detach())
+        if self.hparams.snapshot_every and self.global_step % self.hparams.snapshot_every == 0:
+            self._snapshot(x.detach())
         self.log("train/loss", loss, prog_bar=True, batch_size=1)
         self.log("train/data_loss", data_loss, batch_size=1)
         if self.reference is not None:
@@ -122,6 +141,49 @@ class DeepImagePrior(L.LightningModule):
             self.log("train/psnr", psnr(x.detach(), ref, data_range).mean(), prog_bar=True, batch_size=1)
             self.log("train/ssim", ssim(x.detach(), ref, data_range).mean(), batch_size=1)
         return loss
+
+    def data_misfit(self, projected: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.hparams.data_loss == "mse":
+            return torch.nn.functional.mse_loss(projected, y) / y.pow(2).mean()
+        photons = self.hparams.photons
+        counts = photons * torch.exp(-y)
+        expected = photons * torch.exp(-projected)
+        # Poisson NLL minus its value at the perfect fit, per ray and per photon
+        return (expected - counts - counts * (torch.log(expected) - torch.log(counts.clamp_min(1e-12)))).mean() / photons
+
+    def _early_stop(self, x: torch.Tensor) -> None:
+        window = self.hparams.early_stop_window
+        if not window:
+            return
+        self._window = (self._window + [x])[-window:]
+        if len(self._window) < window:
+            return
+        stack = torch.stack(self._window)
+        variance = float((stack - stack.mean(0)).pow(2).mean())
+        step = len(self.losses)
+        if variance < self._best_variance[0]:
+            self._best_variance = (variance, step)
+        elif step - self._best_variance[1] >= self.hparams.early_stop_patience:
+            self.stopped_at = step
+            self.trainer.should_stop = True
+
+    def _snapshot(self, x: torch.Tensor) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        image = x[0, 0] / self.image_scale
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="train/snapshot", images=[image.T.flip(0).clamp(0, 1).cpu().numpy()],
+                                 step=self.global_step)
+                return
+        if self.trainer.log_dir:
+            from pathlib import Path
+
+            from torchvision.utils import save_image
+
+            folder = Path(self.trainer.log_dir) / "snapshots"
+            folder.mkdir(parents=True, exist_ok=True)
+            save_image(image.T.flip(0).clamp(0, 1)[None], folder / f"step{self.global_step:06d}.png")
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
