@@ -30,8 +30,34 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
+class _PlainNumbers:
+    """Serialisation shared by the geometry dataclasses."""
+
+    def to_dict(self) -> dict:
+        """Plain numbers, with the class name under ``type``: safe for YAML and ``weights_only`` checkpoints."""
+        out = {"type": type(self).__name__}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def cache_key(self) -> str:
+        """A short hash of the numbers that determine the discrete operator."""
+        payload = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def odl_space(self):
+        """The ODL reconstruction space of ``domain_shape`` over ``extent``, centred (float32, numpy)."""
+        odl = _odl()
+        half = [e / 2 for e in self.extent]
+        return odl.uniform_discr([-h for h in half], half, self.domain_shape, dtype="float32")
+
+
 @dataclass(frozen=True)
-class Geometry2D:
+class Geometry2D(_PlainNumbers):
     """Fields shared by the 2D geometries; see the concrete classes."""
 
     image_shape: Tuple[int, int] = (128, 128)
@@ -139,29 +165,11 @@ class Geometry2D:
         bounds = np.concatenate([[lo], (ang[1:] + ang[:-1]) / 2, [hi]])
         return np.diff(bounds)
 
+    @property
+    def domain_shape(self) -> Tuple[int, int]:
+        return self.image_shape
+
     # -- conversions ------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        """Plain numbers, with the class name under ``type``: safe for YAML and ``weights_only`` checkpoints."""
-        out = {"type": type(self).__name__}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    def cache_key(self) -> str:
-        """A short hash of the numbers that determine the discrete operator."""
-        payload = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:20]
-
-    def replace(self, **changes: Any) -> "Geometry2D":
-        return dataclasses.replace(self, **changes)
-
-    def odl_space(self):
-        """The ODL image space (float32, numpy-backed)."""
-        odl = _odl()
-        half = [e / 2 for e in self.extent]
-        return odl.uniform_discr([-h for h in half], half, self.image_shape, dtype="float32")
-
     def _odl_partitions(self):
         odl = _odl()
         lo, hi = self.angle_range
@@ -250,7 +258,7 @@ class FanBeam2D(Geometry2D):
 
 
 @dataclass(frozen=True)
-class ConeBeam3D:
+class ConeBeam3D(_PlainNumbers):
     """3D circular cone beam with a flat detector (``astra_cuda`` or ODL's CUDA backend only).
 
     Volume ``(X, Y, Z)``; projections ``(num_angles, detector_rows, detector_cols)``.
@@ -284,20 +292,9 @@ class ConeBeam3D:
     def sinogram_shape(self) -> Tuple[int, int, int]:
         return (self.num_angles, *self.detector_shape)
 
-    def to_dict(self) -> dict:
-        out = {"type": type(self).__name__}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    def cache_key(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
-
-    def odl_space(self):
-        odl = _odl()
-        half = [e / 2 for e in self.extent]
-        return odl.uniform_discr([-h for h in half], half, self.volume_shape, dtype="float32")
+    @property
+    def domain_shape(self) -> Tuple[int, int, int]:
+        return self.volume_shape
 
     def odl_geometry(self):
         odl = _odl()

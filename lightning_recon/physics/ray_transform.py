@@ -227,7 +227,7 @@ class _AstraCudaImpl:
         if self._adjoint_scale is None:
             self._adjoint_scale = 1.0
             gen = torch.Generator(device=self.device).manual_seed(0)
-            domain = self.geometry.volume_shape if isinstance(self.geometry, ConeBeam3D) else self.geometry.image_shape
+            domain = self.geometry.domain_shape
             x = torch.rand((1, *domain), generator=gen, device=self.device)
             y = torch.rand((1, *self.geometry.sinogram_shape), generator=gen, device=self.device)
             lhs = float((self.forward(x, self.geometry.sinogram_shape).double() * y).sum())
@@ -373,8 +373,7 @@ class RayTransform(nn.Module):
     # -- shapes -------------------------------------------------------------------------------
     @property
     def domain_shape(self):
-        g = self.geometry
-        return tuple(g.volume_shape if isinstance(g, ConeBeam3D) else g.image_shape)
+        return tuple(self.geometry.domain_shape)
 
     @property
     def range_shape(self):
