@@ -76,3 +76,34 @@ def test_moving_variance_early_stop_ends_the_run_and_snapshots_are_saved(tmp_pat
     trainer.fit(model, RepeatedMeasurement(y[0], 2000).loader())
     assert model.stopped_at is not None and len(model.losses) < 2000
     assert list(tmp_path.rglob("snapshots/step*.png"))
+
+
+def test_edip_pretraining_checkpoint_warm_starts_finetuning(tmp_path, monkeypatch):
+    from lightning_recon.cli import cli_main
+    from lightning_recon.data import EllipsesDataset
+    from lightning_recon.physics import ParallelBeam2D
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    phantom = EllipsesDataset(ParallelBeam2D((32, 32), num_angles=10), length=1, seed=0, disk_support=True).phantom(0)
+    assert float(phantom[0, 0, 0]) == 0.0 and float(phantom[0, -1, -1]) == 0.0  # corners lie outside the disk
+
+    geometry = ("{type: ParallelBeam2D, image_shape: [32, 32], num_angles: 30, angle_step: 3, "
+                "num_detector_pixels: 32, detector_extent: 32.0}")
+    cli = cli_main(["fit", "--model=lightning_recon.methods.EDIPPretrain", "--model.init_args.channels=[8,8,8]",
+                    "--model.init_args.skip_channels=[4,4,4]", f"--data.init_args.geometry={geometry}",
+                    "--data.init_args.disk_support=true", "--data.init_args.train_length=8",
+                    "--data.init_args.val_length=4", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+                    "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.check_val_every_n_epoch=null",
+                    "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
+                    f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
+                    f"--model.init_args.results_dir={tmp_path}"])
+    checkpoint = tmp_path / "ckpt" / "last.ckpt"
+    pretrained = DeepImagePrior(cli.datamodule.geometry_dict, channels=(8, 8, 8), skip_channels=(4, 4, 4),
+                                pretrained=str(checkpoint))
+    assert all(torch.equal(a, b) for a, b in zip(pretrained.net.state_dict().values(), cli.model.net.state_dict().values()))
+
+    scan = write_scan(tmp_path / "scan.h5", n_angles=30, cols=32)
+    summary = finetune_main([str(scan), "--angle-step", "3", "--iterations", "5", "--channels", "8", "--scales", "3",
+                             "--center-offset", "0", "--init", str(checkpoint), "--logger", "none",
+                             "--out", str(tmp_path / "ft"), "--accelerator", "cpu"])
+    assert np.isfinite(summary["best_loss"])

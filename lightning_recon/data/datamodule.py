@@ -40,6 +40,7 @@ class SimulatedCTDataModule(L.LightningDataModule):
             of a grid on ellipses-30, 24.2 dB; see docs/results.md).
         batch_size, num_workers: loader settings (validation and test use the same batch size).
         backend: ray-transform backend for simulation.
+        disk_support: phantoms only inside the inscribed disk (EDIP pre-training for real scans).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class SimulatedCTDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         backend: str = "auto",
+        disk_support: bool = False,
     ):
         super().__init__()
         if preset is not None and preset not in PRESETS:
@@ -81,7 +83,7 @@ class SimulatedCTDataModule(L.LightningDataModule):
         self._dataset_kwargs = dict(
             noise=base["noise"], relative_std=base["relative_std"], photons=photons,
             simulation_factor=simulation_factor, fbp_filter=fbp_filter,
-            fbp_frequency_scaling=fbp_frequency_scaling, backend=backend,
+            fbp_frequency_scaling=fbp_frequency_scaling, backend=backend, disk_support=disk_support,
         )
         self.datasets: Dict[str, EllipsesDataset] = {}
 

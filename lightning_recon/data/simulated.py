@@ -47,6 +47,8 @@ class EllipsesDataset(Dataset):
         simulation_factor: simulate the sinogram from a phantom rasterised ``factor``× finer (the
             ground truth is its area average), avoiding the inverse crime. 1 = same grid.
         fbp_filter, fbp_frequency_scaling: the FBP returned with each sample.
+        disk_support: zero the phantom outside the inscribed disk (the field of view of a rotating
+            scan; EDIP pre-training for real scans).
         backend: ray-transform backend (operators are built lazily, per worker).
 
     Each item is a dict of float32 tensors ``ground_truth (1, H, W)``, ``measurement (1, A, D)``,
@@ -66,6 +68,7 @@ class EllipsesDataset(Dataset):
         fbp_filter: str = "Hann",
         fbp_frequency_scaling: float = 1.0,
         backend: str = "auto",
+        disk_support: bool = False,
     ):
         self.geometry = geometry_from_dict(geometry)
         if not isinstance(self.geometry, Geometry2D):
@@ -78,6 +81,7 @@ class EllipsesDataset(Dataset):
         self.noise_seed = int(noise_seed) if noise_seed is not None else self.seed + 1000
         self.noise = noise_model(noise, relative_std, photons)
         self.simulation_factor = int(simulation_factor)
+        self.disk_support = disk_support
         self.backend = backend
         self.fbp_settings = dict(filter_type=fbp_filter, frequency_scaling=fbp_frequency_scaling)
         self._params: Optional[np.ndarray] = None
@@ -119,6 +123,9 @@ class EllipsesDataset(Dataset):
         g, k = self.geometry, self.simulation_factor
         shape = tuple(s * k for s in g.image_shape)
         image = torch.from_numpy(ellipse_phantom(self.parameters[index], shape, g.extent))[None]
+        if self.disk_support:
+            rows, cols = torch.meshgrid(*(torch.linspace(-1, 1, n) * (n - 1) / n for n in shape), indexing="ij")
+            image = image * (rows**2 + cols**2 <= 1.0)
         return image
 
     def noise_generator(self, index: int) -> torch.Generator:

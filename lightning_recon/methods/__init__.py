@@ -2,7 +2,7 @@
 from .base import ReconstructionModule, write_results_table
 from .classical import FBPBaseline, TVBaseline
 from .learned_iterative import LearnedGD, LearnedPD
-from .post_processing import FBPUNet
+from .post_processing import EDIPPretrain, FBPUNet
 
-__all__ = ["FBPBaseline", "FBPUNet", "LearnedGD", "LearnedPD", "ReconstructionModule", "TVBaseline",
+__all__ = ["EDIPPretrain", "FBPBaseline", "FBPUNet", "LearnedGD", "LearnedPD", "ReconstructionModule", "TVBaseline",
            "write_results_table"]

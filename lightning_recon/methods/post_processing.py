@@ -8,7 +8,7 @@ import torch
 from ..nets import UNet
 from .base import ReconstructionModule
 
-__all__ = ["FBPUNet"]
+__all__ = ["EDIPPretrain", "FBPUNet"]
 
 
 class FBPUNet(ReconstructionModule):
@@ -26,3 +26,23 @@ class FBPUNet(ReconstructionModule):
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(batch["fbp"])
+
+
+class EDIPPretrain(ReconstructionModule):
+    """EDIP stage 1 (Barbano et al. 2021): the Deep Image Prior U-Net trained supervised FBP → truth.
+
+    Same network, input and scaling as :class:`~lightning_recon.methods.dip.DeepImagePrior` with
+    ``network_input="fbp"`` (input FBP / max(FBP), output × max(FBP)), so ``finetune.py --init
+    <checkpoint>`` starts stage 2 from these weights. Keep ``channels``/``skip_channels`` equal to
+    the fine-tuning run's.
+    """
+
+    def __init__(self, channels: Sequence[int] = (64, 64, 64, 64, 64), skip_channels: Sequence[int] = (4, 4, 4, 4, 4),
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.net = UNet(1, 1, channels=tuple(channels), skip_channels=tuple(skip_channels), norm="group")
+
+    def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        fbp = batch["fbp"]
+        scale = fbp.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        return self.net(fbp / scale) * scale
