@@ -1,7 +1,6 @@
 """LightningDataModule for simulated CT pairs, with the benchmark presets of SPEC.md."""
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional
 
 import lightning as L
@@ -132,6 +131,3 @@ class SimulatedCTDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.settings["train_length"] / self.batch_size)

@@ -7,7 +7,6 @@ approximate FBP (no fan weighting; exact in the limit of small fan angles).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import numpy as np

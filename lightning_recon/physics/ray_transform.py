@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .geometry import ConeBeam3D, FanBeam2D, Geometry, ParallelBeam2D, geometry_from_dict
+from .geometry import ConeBeam3D, Geometry, ParallelBeam2D, geometry_from_dict
 
 __all__ = ["RayTransform", "Backprojection", "BACKENDS", "astra_cuda_available", "cache_dir"]
 
