@@ -1,4 +1,5 @@
-"""Callbacks: image panels of fixed validation samples (fixed intensity window), learning rate."""
+"""Callbacks: image panels of fixed validation samples (fixed intensity window), posterior panels of
+samplers, learning rate."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["LearningRateLogger", "ReconstructionPanels", "panel_rows"]
+__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "panel_rows", "posterior_panel_rows"]
 
 
 class LearningRateLogger(LearningRateMonitor):
@@ -62,7 +63,7 @@ class ReconstructionPanels(L.Callback):
         self._batch: Optional[dict] = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if batch_idx == 0 and trainer.is_global_zero and isinstance(outputs, torch.Tensor):
+        if batch_idx == 0 and trainer.is_global_zero and isinstance(outputs, torch.Tensor) and "fbp" in batch:
             n = self.num_samples
             self._batch = {"truth": batch["ground_truth"][:n].detach().float(), "fbp": batch["fbp"][:n].detach().float(),
                            "recon": outputs[:n].detach().float()}
@@ -74,18 +75,86 @@ class ReconstructionPanels(L.Callback):
         rows = panel_rows(self._batch["truth"], self._batch["fbp"], self._batch["recon"], self.window)
         caption = [f"sample {i}: ground truth | FBP | {type(pl_module).__name__} | |error| (window {self.window})"
                    for i in range(len(rows))]
-        loggers = trainer.loggers
-        for logger in loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="val/panels", images=[r.permute(1, 2, 0).numpy() for r in rows],
-                                 caption=caption, step=trainer.global_step)
-        if not any(isinstance(logger, WandbLogger) for logger in loggers):
-            from torchvision.utils import save_image
+        _publish(trainer, rows, caption, key="val/panels", file_prefix="")
+        self._batch = None
 
-            # not trainer.log_dir: it broadcasts, and this hook runs on rank zero only
-            root = getattr(loggers[0], "log_dir", None) if loggers else None
-            folder = Path(root or trainer.default_root_dir) / "panels"
-            folder.mkdir(parents=True, exist_ok=True)
-            save_image(torch.stack(rows).float() / 255, folder / f"epoch{trainer.current_epoch:04d}-step{trainer.global_step}.png",
-                       nrow=1, padding=2)
+
+def _publish(trainer, rows: List[torch.Tensor], caption: List[str], key: str, file_prefix: str) -> None:
+    """Log uint8 ``(3, H, W)`` rows as W&B images under ``key``, or, without a W&B logger, save them
+    as one PNG ``<log_dir>/panels/<file_prefix>epoch…-step….png``."""
+    loggers = trainer.loggers
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[r.permute(1, 2, 0).numpy() for r in rows], caption=caption,
+                             step=trainer.global_step)
+    if not any(isinstance(logger, WandbLogger) for logger in loggers):
+        from torchvision.utils import save_image
+
+        # not trainer.log_dir: it broadcasts, and the callers run on rank zero only
+        root = getattr(loggers[0], "log_dir", None) if loggers else None
+        folder = Path(root or trainer.default_root_dir) / "panels"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_image(torch.stack(rows).float() / 255,
+                   folder / f"{file_prefix}epoch{trainer.current_epoch:04d}-step{trainer.global_step}.png",
+                   nrow=1, padding=2)
+
+
+def posterior_panel_rows(truth: torch.Tensor, samples: torch.Tensor, window=(0.0, 1.0), std_max: float = 0.1,
+                         error_max: float = 0.25, shown_samples: int = 3) -> List[torch.Tensor]:
+    """One uint8 RGB image ``(3, H, (4 + k)·W)`` per measurement: ground truth | posterior mean |
+    pixel-wise std | |mean − truth| | ``k = shown_samples`` samples.
+
+    ``truth (B, 1, H, W)``, ``samples (S >= 2, B, 1, H, W)``. Images use the fixed ``window``; the
+    std map spans [0, std_max], the error map [0, error_max] (data units). Axes as ``panel_rows``.
+    """
+    if samples.dim() != 5 or samples.shape[1:] != truth.shape or samples.shape[0] < 2:
+        raise ValueError(f"samples must be (S >= 2, *truth.shape), got {tuple(samples.shape)} for {tuple(truth.shape)}")
+    mean, std = samples.mean(dim=0), samples.std(dim=0)
+    rows = []
+    for b in range(truth.shape[0]):
+        tiles = [_window(truth[b, 0], *window), _window(mean[b, 0], *window), _window(std[b, 0], 0.0, std_max),
+                 _window((mean[b, 0] - truth[b, 0]).abs(), 0.0, error_max)]
+        tiles += [_window(sample[b, 0], *window) for sample in samples[:shown_samples]]
+        gray = torch.cat([tile.T.flip(0) for tile in tiles], dim=1)
+        rows.append((gray.expand(3, *gray.shape) * 255).round().to(torch.uint8).cpu())
+    return rows
+
+
+class PosteriorPanels(L.Callback):
+    """Panels of a posterior sampler on the first ``num_images`` validation measurements after each
+    validation epoch: ground truth | mean | std | |error| | ``shown_samples`` samples, from
+    ``num_samples`` draws of ``pl_module.sample(batch, num_samples)`` (e.g. ``ConditionalWGAN``).
+
+    W&B gets ``val/posterior_panels`` images; any other logger gets PNG files
+    ``<log_dir>/panels/posterior-….png``. Rank zero only. ``window`` is the display range of images,
+    ``std_max`` and ``error_max`` those of the std and error maps (data units).
+    """
+
+    def __init__(self, num_images: int = 2, num_samples: int = 32, shown_samples: int = 3, window=(0.0, 1.0),
+                 std_max: float = 0.1, error_max: float = 0.25, every_n_epochs: int = 1):
+        if num_samples < 2:
+            raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+        self.num_images, self.num_samples, self.shown_samples = num_images, num_samples, shown_samples
+        self.window = tuple(window)
+        self.std_max, self.error_max = std_max, error_max
+        self.every_n_epochs = every_n_epochs
+        self._batch: Optional[dict] = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and trainer.is_global_zero:
+            self._batch = {k: v[:self.num_images].detach() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if self._batch is None or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        if not hasattr(pl_module, "sample"):
+            raise TypeError(f"PosteriorPanels needs a module with sample(batch, n), got {type(pl_module).__name__}")
+        samples = pl_module.sample(self._batch, self.num_samples).float()
+        rows = posterior_panel_rows(self._batch["ground_truth"].float(), samples, self.window, self.std_max,
+                                    self.error_max, self.shown_samples)
+        caption = [f"sample {i}: ground truth | mean | std (0–{self.std_max}) | |error| (0–{self.error_max}) | "
+                   f"{min(self.shown_samples, self.num_samples)} samples; {self.num_samples} draws, window {self.window}"
+                   for i in range(len(rows))]
+        _publish(trainer, rows, caption, key="val/posterior_panels", file_prefix="posterior-")
         self._batch = None

@@ -1,6 +1,7 @@
 """Plain ``nn.Module`` architectures (no Lightning); operators come in as arguments."""
 from .critic import ConditionalCritic
+from .generator import ConditionalGenerator
 from .unet import UNet
 from .unrolled import LearnedGradientDescent, LearnedPrimalDual
 
-__all__ = ["ConditionalCritic", "LearnedGradientDescent", "LearnedPrimalDual", "UNet"]
+__all__ = ["ConditionalCritic", "ConditionalGenerator", "LearnedGradientDescent", "LearnedPrimalDual", "UNet"]
