@@ -5,8 +5,9 @@
         --config configs/trainer/cpu.yaml --config configs/logger/csv.yaml
     python train.py test --config <same configs> --ckpt_path <run>/checkpoints/last.ckpt
 
-The model's geometry is linked from the data module, so the two never disagree; the full resolved
-config is saved next to the run and sent to the logger.
+The model's geometry is linked from the data module, so the two never disagree (links whose source
+or target a chosen class lacks are skipped); the full resolved config is saved next to the run and
+sent to the logger.
 """
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ import netrc
 import os
 from typing import List, Optional
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 
-from .data import SimulatedCTDataModule
-from .methods import ReconstructionModule
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels
 
 __all__ = ["ReconCLI", "cli_main", "default_wandb_mode"]
@@ -65,6 +65,8 @@ class ReconCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(ReconstructionPanels, "panels")
+        # simulated CT data unless a config names another data module (light field, sparse coding)
+        parser.set_defaults({"data": {"class_path": "lightning_recon.data.SimulatedCTDataModule"}})
 
     def before_instantiate_classes(self) -> None:
         os.environ["WANDB_MODE"] = default_wandb_mode()
@@ -73,8 +75,8 @@ class ReconCLI(LightningCLI):
 def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
     """Entry point of ``train.py``; ``args`` as on the command line (``None``: ``sys.argv``)."""
     return ReconCLI(
-        ReconstructionModule,
-        SimulatedCTDataModule,
+        L.LightningModule,  # any method: CT (ReconstructionModule), light field / sparse coding (SparseRecoveryModule)
+        L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=LoggedSaveConfig,

@@ -15,9 +15,15 @@ TINY = [
 ]
 
 
-def base_configs(group: str):
-    """Complete a partial config with the small data, a model, the CPU trainer and the CSV logger."""
-    defaults = {"data": "data/ellipses-small.yaml", "model": "model/fbp_unet.yaml",
+SPARSE_CONFIGS = {"data/lightfield.yaml", "data/sparse_coding.yaml", "model/lista.yaml", "model/ista.yaml"}
+
+
+def base_configs(group: str, path: str = ""):
+    """Complete a partial config with small data, a model, the CPU trainer and the CSV logger
+    (light-field partners for the sparse-recovery configs)."""
+    sparse = path in SPARSE_CONFIGS
+    defaults = {"data": "data/lightfield.yaml" if sparse else "data/ellipses-small.yaml",
+                "model": "model/lista.yaml" if sparse else "model/fbp_unet.yaml",
                 "trainer": "trainer/cpu.yaml", "logger": "logger/csv.yaml"}
     defaults.pop(group, None)
     return [arg for path in defaults.values() for arg in ("--config", str(CONFIGS / path))]
@@ -26,13 +32,13 @@ def base_configs(group: str):
 @pytest.mark.parametrize("path", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")))
 def test_every_committed_config_parses_and_instantiates(path, tmp_path):
     group = path.split("/")[0]
-    args = [] if group == "experiment" else base_configs(group)
+    args = [] if group == "experiment" else base_configs(group, path)
     args += ["--config", str(CONFIGS / path), "--trainer.default_root_dir", str(tmp_path)]
     if group in ("experiment", "trainer"):
         args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
                  "--trainer.precision=32-true", "--trainer.sync_batchnorm=false"]
     cli = cli_main(args, run=False)
-    assert cli.model.geometry == cli.datamodule.geometry
+    assert cli.model.hparams.geometry == cli.datamodule.geometry_dict
     assert isinstance(cli.trainer, type(cli.trainer))
 
 

@@ -23,7 +23,40 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 SPLIT_SEEDS = {"train": 42, "val": 2, "test": 1}
 
 
-class SimulatedCTDataModule(L.LightningDataModule):
+class SplitDataModule(L.LightningDataModule):
+    """Loaders over ``self.dataset(split)`` for the splits of ``SPLIT_SEEDS`` (train shuffled;
+    predict uses the test split). Subclasses set ``batch_size``, ``num_workers`` and ``dataset``."""
+
+    batch_size: int
+    num_workers: int
+
+    def dataset(self, split: str):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class SimulatedCTDataModule(SplitDataModule):
     """Random-ellipse training, validation and test pairs ``(ground_truth, measurement, fbp)``.
 
     Args:
@@ -109,25 +142,3 @@ class SimulatedCTDataModule(L.LightningDataModule):
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in splits.get(stage, tuple(SPLIT_SEEDS)):
             self.dataset(split)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

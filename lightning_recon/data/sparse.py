@@ -9,18 +9,15 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional, Tuple, Union
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..physics.lightfield import LightFieldGeometry, LightFieldModel
 from ..physics.linear import SparseCodingProblem
+from .datamodule import SPLIT_SEEDS, SplitDataModule
 
 __all__ = ["LightFieldDataModule", "NeuronVolumeDataset", "SparseCodingDataModule", "SparseCodingDataset"]
-
-SPLIT_SEEDS = {"train": 42, "val": 2, "test": 1}
-
 
 class _SimulatedSplit(Dataset):
     """Shared length, seeding, labelling and lazily built operator (never pickled)."""
@@ -149,7 +146,7 @@ class SparseCodingDataset(_SimulatedSplit):
         return {"ground_truth": x, "measurement": y, "labelled": index < self.num_labelled}
 
 
-class _SparseDataModule(L.LightningDataModule):
+class _SparseDataModule(SplitDataModule):
     """Splits (train seed 42, val 2, test 1), loaders, and the geometry linked into the model."""
 
     def __init__(self, train_length: int, val_length: int, test_length: int, labelled_fraction: float,
@@ -176,22 +173,6 @@ class _SparseDataModule(L.LightningDataModule):
             fraction = self.labelled_fraction if split == "train" else 1.0
             self.datasets[split] = self.make_dataset(self.lengths[split], SPLIT_SEEDS[split], fraction)
         return self.datasets[split]
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class LightFieldDataModule(_SparseDataModule):

@@ -4,6 +4,7 @@ from .classical import FBPBaseline, TVBaseline
 from .cwgan import ConditionalWGAN
 from .learned_iterative import LearnedGD, LearnedPD
 from .post_processing import EDIPPretrain, FBPUNet
+from .sparse import ISTABaseline, LearnedISTA, SparseRecoveryModule, VolumePanels
 
-__all__ = ["ConditionalWGAN", "EDIPPretrain", "FBPBaseline", "FBPUNet", "LearnedGD", "LearnedPD", "ReconstructionModule",
-           "TVBaseline", "write_results_table"]
+__all__ = ["ConditionalWGAN", "EDIPPretrain", "FBPBaseline", "FBPUNet", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD", "ReconstructionModule",
+           "SparseRecoveryModule", "TVBaseline", "VolumePanels", "write_results_table"]

@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "panel_rows", "posterior_panel_rows"]
+__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "panel_rows", "posterior_panel_rows",
+           "publish_panels"]
 
 
 class LearningRateLogger(LearningRateMonitor):
@@ -75,11 +76,11 @@ class ReconstructionPanels(L.Callback):
         rows = panel_rows(self._batch["truth"], self._batch["fbp"], self._batch["recon"], self.window)
         caption = [f"sample {i}: ground truth | FBP | {type(pl_module).__name__} | |error| (window {self.window})"
                    for i in range(len(rows))]
-        _publish(trainer, rows, caption, key="val/panels", file_prefix="")
+        publish_panels(trainer, rows, caption, key="val/panels", file_prefix="")
         self._batch = None
 
 
-def _publish(trainer, rows: List[torch.Tensor], caption: List[str], key: str, file_prefix: str) -> None:
+def publish_panels(trainer, rows: List[torch.Tensor], caption: List[str], key: str, file_prefix: str) -> None:
     """Log uint8 ``(3, H, W)`` rows as W&B images under ``key``, or, without a W&B logger, save them
     as one PNG ``<log_dir>/panels/<file_prefix>epoch…-step….png``."""
     loggers = trainer.loggers
@@ -156,5 +157,5 @@ class PosteriorPanels(L.Callback):
         caption = [f"sample {i}: ground truth | mean | std (0–{self.std_max}) | |error| (0–{self.error_max}) | "
                    f"{min(self.shown_samples, self.num_samples)} samples; {self.num_samples} draws, window {self.window}"
                    for i in range(len(rows))]
-        _publish(trainer, rows, caption, key="val/posterior_panels", file_prefix="posterior-")
+        publish_panels(trainer, rows, caption, key="val/posterior_panels", file_prefix="posterior-")
         self._batch = None

@@ -9,18 +9,17 @@ neuron positions.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from ..metrics import detection_scores, find_peaks
 from ..nets.lista import LISTA, shrink
 from ..physics.lightfield import sparse_operator_from_dict
+from .callbacks import publish_panels
 
 __all__ = ["ISTABaseline", "LearnedISTA", "SparseRecoveryModule", "VolumePanels", "ista"]
 
@@ -276,18 +275,7 @@ class VolumePanels(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if not self._panels or trainer.sanity_checking:
             return
-        wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        for logger in wandb:
-            logger.log_image(key="val/projections", images=[p.permute(1, 2, 0).numpy() for p in self._panels],
-                             caption=[f"sample {i}: truth | {pl_module.method_name} (top: along depth, bottom: "
-                                      f"along rows; window {self.window})" for i in range(len(self._panels))],
-                             step=trainer.global_step)
-        if not wandb:
-            from torchvision.utils import save_image
-
-            root = getattr(trainer.loggers[0], "log_dir", None) if trainer.loggers else None
-            folder = Path(root or trainer.default_root_dir) / "panels"
-            folder.mkdir(parents=True, exist_ok=True)
-            save_image(torch.stack(self._panels).float() / 255,
-                       folder / f"projections-epoch{trainer.current_epoch:04d}-step{trainer.global_step}.png", nrow=1)
+        caption = [f"sample {i}: truth | {pl_module.method_name} (top: along depth, bottom: along rows; "
+                   f"window {self.window})" for i in range(len(self._panels))]
+        publish_panels(trainer, self._panels, caption, key="val/projections", file_prefix="projections-")
         self._panels = None
