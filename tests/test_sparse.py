@@ -234,3 +234,16 @@ def test_cli_mixed_regime_and_ista_baseline(tmp_path, monkeypatch):
     assert isinstance(baseline.model, ISTABaseline)
     assert baseline.model.hparams.sparsity_weight in (0.001, 0.01)
     assert np.isfinite(baseline.model.test_results["nmse"])
+
+
+def test_wandb_offline_run_logs_projection_panels(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    args = [arg for arg in _tiny_lightfield_args(tmp_path) if not arg.startswith("--trainer.logger")]
+    cli_main(["fit", *args, "--model.init_args.num_layers=2", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    import wandb
+
+    wandb.finish()
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    files = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
+    assert any(f.startswith("files/media/images/val/projections") and f.endswith(".png") for f in files), files
