@@ -126,10 +126,12 @@ def main():
 
     operator = RayTransform(geometry)
     scale = float(reference.max())
-    alphas = args.alphas or [scale * a for a in (0.25, 0.5, 1, 2, 4, 8, 16)]
+    alphas = args.alphas or [scale * 2.0 ** k for k in range(-1, 9)]  # 0.5 … 256 × the image maximum
     start = time.perf_counter()
     tv = {a: tv_pdhg(y, operator, a, iterations=500)[0, 0] for a in alphas}
     best_alpha = max(tv, key=lambda a: scores(tv[a], reference)["psnr"])
+    if best_alpha in (alphas[0], alphas[-1]):
+        print(f"warning: the best TV weight {best_alpha:.3g} is at the edge of the grid; widen --alphas")
     results["tv"] = dict(scores(tv[best_alpha], reference), alpha=best_alpha, alphas=alphas,
                          seconds_per_alpha=(time.perf_counter() - start) / len(alphas))
     print(f"FBP {results['fbp']['psnr']:.2f} dB (scaling {best_scaling}); TV {results['tv']['psnr']:.2f} dB (α {best_alpha:.3g})")
