@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_recon.cli import cli_main
-from lightning_recon.data import LightFieldDataModule, NeuronVolumeDataset, SparseCodingDataModule, SparseCodingDataset
+from lightning_recon.data import NeuronVolumeDataset, SparseCodingDataModule, SparseCodingDataset
 from lightning_recon.methods import ISTABaseline, LearnedISTA
 from lightning_recon.methods.sparse import ista
 from lightning_recon.metrics import detection_scores, find_peaks, nmse_db

@@ -30,6 +30,16 @@ class SplitDataModule(L.LightningDataModule):
     batch_size: int
     num_workers: int
 
+    @property
+    def geometry_dict(self) -> Dict[str, Any]:
+        """``self.geometry`` as plain numbers (linked into the model's hyperparameters by the CLI)."""
+        return self.geometry.to_dict()
+
+    @property
+    def fixed_data_range(self) -> float:
+        """The fixed PSNR/SSIM range: phantoms and neuron volumes are normalised to at most 1."""
+        return 1.0
+
     def dataset(self, split: str):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -118,16 +128,6 @@ class SimulatedCTDataModule(SplitDataModule):
             fbp_frequency_scaling=fbp_frequency_scaling, backend=backend, disk_support=disk_support,
         )
         self.datasets: Dict[str, EllipsesDataset] = {}
-
-    @property
-    def geometry_dict(self) -> Dict[str, Any]:
-        """The geometry as plain numbers (linked into the model's hyperparameters by the CLI)."""
-        return self.geometry.to_dict()
-
-    @property
-    def fixed_data_range(self) -> float:
-        """The fixed PSNR/SSIM range: ellipse phantoms are normalised to [0, 1]."""
-        return 1.0
 
     def dataset(self, split: str) -> EllipsesDataset:
         if split not in SPLIT_SEEDS:

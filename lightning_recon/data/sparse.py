@@ -159,10 +159,6 @@ class _SparseDataModule(SplitDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.datasets: Dict[str, Dataset] = {}
 
-    @property
-    def geometry_dict(self) -> Dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def make_dataset(self, length: int, seed: int, labelled_fraction: float) -> Dataset:  # pragma: no cover
         raise NotImplementedError
 
@@ -195,15 +191,6 @@ class LightFieldDataModule(_SparseDataModule):
         self._sample_kwargs = dict(num_neurons=tuple(num_neurons), radius=radius, axial_radius=axial_radius,
                                    photons=photons, read_noise_std=read_noise_std)
 
-    @property
-    def geometry_dict(self) -> Dict[str, Any]:
-        return self.geometry.to_dict()
-
-    @property
-    def fixed_data_range(self) -> float:
-        """Neuron peaks are at most 1."""
-        return 1.0
-
     def make_dataset(self, length: int, seed: int, labelled_fraction: float) -> NeuronVolumeDataset:
         return NeuronVolumeDataset(self.geometry, length, seed, labelled_fraction=labelled_fraction, **self._sample_kwargs)
 
@@ -222,12 +209,8 @@ class SparseCodingDataModule(_SparseDataModule):
 
     @property
     def geometry_dict(self) -> Dict[str, Any]:
+        """The problem's numbers (codes are unbounded: NMSE is the figure of merit, not PSNR)."""
         return self.problem.to_dict()
-
-    @property
-    def fixed_data_range(self) -> float:
-        """Codes are unbounded; NMSE is the figure of merit, PSNR uses range 1 only as a label."""
-        return 1.0
 
     def make_dataset(self, length: int, seed: int, labelled_fraction: float) -> SparseCodingDataset:
         return SparseCodingDataset(self.problem, length, seed, labelled_fraction)
