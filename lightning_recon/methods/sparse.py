@@ -215,7 +215,8 @@ class ISTABaseline(SparseRecoveryModule):
         self.save_hyperparameters()
 
     def reconstruct(self, measurement: torch.Tensor, sparsity_weight: Optional[float] = None) -> torch.Tensor:
-        return ista(self.operator, measurement, sparsity_weight or self.hparams.sparsity_weight,
+        lam = self.hparams.sparsity_weight if sparsity_weight is None else sparsity_weight
+        return ista(self.operator, measurement, lam,
                     self.hparams.iterations, nonnegative=self.hparams.nonnegative,
                     accelerated=self.hparams.accelerated)
 
