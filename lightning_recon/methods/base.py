@@ -23,7 +23,7 @@ from ..physics.fbp import FBP
 from ..physics.geometry import Geometry, geometry_from_dict
 from ..physics.ray_transform import RayTransform
 
-__all__ = ["ReconstructionModule", "write_results_table"]
+__all__ = ["ReconstructionModule", "validation_samples", "with_schedule", "write_results_table"]
 
 TABLE_COLUMNS = ["method", "psnr", "psnr_std", "ssim", "ssim_std", "psnr_fixed", "psnr_fixed_std",
                  "ssim_fixed", "ssim_fixed_std", "seconds_per_image", "images"]
@@ -142,10 +142,27 @@ class ReconstructionModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
                                       weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler == "none":
-            return optimizer
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return with_schedule(optimizer, self.hparams.scheduler, self.trainer)
+
+
+def validation_samples(trainer, count: int):
+    """The first ``count`` validation (measurement, ground truth) pairs, on the CPU."""
+    measurements, truths, seen = [], [], 0
+    for batch in trainer.datamodule.val_dataloader():
+        measurements.append(batch["measurement"])
+        truths.append(batch["ground_truth"])
+        seen += len(batch["measurement"])
+        if seen >= count:
+            break
+    return torch.cat(measurements)[:count], torch.cat(truths)[:count]
+
+
+def with_schedule(optimizer: torch.optim.Optimizer, scheduler: str, trainer) -> Any:
+    """``optimizer`` alone (``"none"``) or with a per-step cosine schedule annealed to 0 over the run."""
+    if scheduler == "none":
+        return optimizer
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, trainer.estimated_stepping_batches))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def write_results_table(directory: Path, row: Dict[str, Any]) -> Path:

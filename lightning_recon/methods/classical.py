@@ -13,22 +13,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ..metrics import psnr
 from ..physics.fbp import FBP
-from .base import ReconstructionModule
+from .base import ReconstructionModule, validation_samples
 from .variational import tv_pdhg, tune_alpha
 
 __all__ = ["FBPBaseline", "TVBaseline"]
-
-
-def _validation_samples(trainer, count: int):
-    """The first ``count`` validation (measurement, ground truth) pairs, on the CPU."""
-    measurements, truths, seen = [], [], 0
-    for batch in trainer.datamodule.val_dataloader():
-        measurements.append(batch["measurement"])
-        truths.append(batch["ground_truth"])
-        seen += len(batch["measurement"])
-        if seen >= count:
-            break
-    return torch.cat(measurements)[:count], torch.cat(truths)[:count]
 
 
 class _TunedBaseline(ReconstructionModule):
@@ -37,7 +25,7 @@ class _TunedBaseline(ReconstructionModule):
     def on_test_start(self) -> None:
         super().on_test_start()
         if self.hparams.tune:
-            measurement, truth = _validation_samples(self.trainer, self.hparams.tune_samples)
+            measurement, truth = validation_samples(self.trainer, self.hparams.tune_samples)
             self.tune_on(measurement.to(self.device), truth.to(self.device))
 
     def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from ..metrics import detection_scores, find_peaks
 from ..nets.lista import LISTA, shrink
 from ..physics.lightfield import sparse_operator_from_dict
+from .base import validation_samples, with_schedule
 from .callbacks import publish_panels
 
 __all__ = ["ISTABaseline", "LearnedISTA", "SparseRecoveryModule", "VolumePanels", "ista"]
@@ -194,10 +195,7 @@ class LearnedISTA(SparseRecoveryModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
-        if self.hparams.scheduler == "none":
-            return optimizer
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return with_schedule(optimizer, self.hparams.scheduler, self.trainer)
 
 
 class ISTABaseline(SparseRecoveryModule):
@@ -224,15 +222,7 @@ class ISTABaseline(SparseRecoveryModule):
         self.operator.operator_norm()  # outside the timed steps
         if not self.hparams.tune:
             return
-        measurements, truths, seen = [], [], 0
-        for batch in self.trainer.datamodule.val_dataloader():
-            measurements.append(batch["measurement"])
-            truths.append(batch["ground_truth"])
-            seen += len(truths[-1])
-            if seen >= self.hparams.tune_samples:
-                break
-        y = torch.cat(measurements)[: self.hparams.tune_samples].to(self.device)
-        x = torch.cat(truths)[: self.hparams.tune_samples].to(self.device)
+        y, x = (t.to(self.device) for t in validation_samples(self.trainer, self.hparams.tune_samples))
         errors = {lam: _nmse({"error": (self.reconstruct(y, lam) - x).pow(2).sum(), "energy": x.pow(2).sum()})
                   for lam in self.hparams.sparsity_weights}
         best = min(errors, key=errors.get)
