@@ -1,19 +1,20 @@
 """Sparse-view CT without training data: FBP, TV, DIP+TV from scratch and EDIP, side by side.
 
     python bench/dip_sparse_view.py --case tooth --edip outputs/edip_tooth/checkpoints/last.ckpt
-    python bench/dip_sparse_view.py --case ct_small --edip outputs/edip_ct/checkpoints/last.ckpt
+    python bench/dip_sparse_view.py --case ct_small --edip outputs/edip_tooth/checkpoints/last.ckpt
 
 Cases:
-- ``tooth`` (tooth-sparse-30): the real scan ``../shared/data/tooth.h5``, slice 0, every 6th of
-  181 angles (31), detector binned by 4, automatic centre of rotation. Reference: FBP (Hann) from
-  all 181 angles. No ground truth exists.
+- ``tooth`` (tooth-sparse-30): the real scan ``../shared/data/tooth.h5``, slice 0, 30 of the 181
+  angles (0°, 6°, …, 174°), detector binned by 4, automatic centre of rotation. Reference: FBP
+  (Hann) from all 181 angles. No ground truth exists.
 - ``ct_small``: pydicom's ``CT_small.dcm`` (128², a real CT slice) as the known ground truth
   (HU → [0, 1] over [−1000, max]), 30 parallel-beam angles over [0, π) (ellipses-30's geometry),
   2.5 % white noise.
 
-FBP's filter scaling and TV's α are chosen by PSNR against the reference (an oracle choice, the
-best case for both baselines). DIP+TV and EDIP run the same iterations with the same seed, input
-(FBP), TV weight and learning rate, one after the other in this process; the PSNR of every
+FBP's filter scaling, TV's α and DIP+TV's γ (``--tv-weights``, more than one value) are chosen
+by PSNR against the reference: an oracle choice, the best case for every method. EDIP then runs
+with the chosen γ. DIP+TV and EDIP run the same iterations with the same seed, input (FBP) and
+learning rate, one after the other in this process; the PSNR of every
 iterate and the wall time are recorded. "Steady PSNR" is the mean PSNR of the last 20 % of the
 from-scratch run; the table gives the first iteration (and second) at which each run reaches it.
 
@@ -46,11 +47,11 @@ def load_case(case: str):
     if case == "tooth":
         if not TOOTH.exists():
             raise SystemExit(f"{TOOTH} not found: the tooth case needs the shared real scan")
-        sparse = load_data_exchange(TOOTH, 0, angle_step=6, binning=4)
+        sparse = load_data_exchange(TOOTH, 0, binning=4, num_angles=30)
         full = load_data_exchange(TOOTH, 0, angle_step=1, binning=4)
         reference = FBP(full.geometry, "Hann", 1.0)(torch.from_numpy(full.data)[None, None])[0, 0]
         return torch.from_numpy(sparse.data)[None, None], sparse.geometry, reference, \
-            "tooth.h5 slice 0, 31 of 181 angles, binning 4; reference: 181-angle FBP"
+            "tooth.h5 slice 0, 30 of 181 angles, binning 4; reference: 181-angle FBP"
     import pydicom
     from pydicom.data import get_testdata_file
 
@@ -107,7 +108,8 @@ def main():
     parser.add_argument("--edip", default=None, help="EDIP checkpoint (net.* weights); omitted: DIP only")
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--tv-weight", type=float, default=1e-4)
+    parser.add_argument("--tv-weights", type=float, nargs="+", default=[1e-4],
+                        help="γ of DIP+TV; with several, the best from-scratch run (by PSNR) is kept")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--alphas", type=float, nargs="+", default=None, help="TV weights to try")
@@ -136,14 +138,25 @@ def main():
                          seconds_per_alpha=(time.perf_counter() - start) / len(alphas))
     print(f"FBP {results['fbp']['psnr']:.2f} dB (scaling {best_scaling}); TV {results['tv']['psnr']:.2f} dB (α {best_alpha:.3g})")
 
+    sweep = {}
+    for gamma in args.tv_weights:
+        sweep[gamma] = run_dip(geometry, y, reference, args.iterations, args.channels, gamma, args.lr, None,
+                               args.seed, args.accelerator)
+        print(f"DIP+TV γ {gamma:g}: best-loss iterate {sweep[gamma]['best_loss_image']['psnr']:.2f} dB, "
+              f"{sweep[gamma]['iterations_per_second']:.1f} it/s")
+    best_gamma = max(sweep, key=lambda gamma: sweep[gamma]["best_loss_image"]["psnr"])
+    if len(sweep) > 1 and best_gamma in (min(sweep), max(sweep)):
+        print(f"warning: the best DIP+TV weight {best_gamma:g} is at the edge of the grid; widen --tv-weights")
+    results["dip_tv_weights"] = {f"{gamma:g}": run["best_loss_image"] for gamma, run in sweep.items()}
     runs = {"DIP+TV (random init)": None}
+    results["DIP+TV (random init)"] = dict(sweep[best_gamma], tv_weight=best_gamma)
     if args.edip:
         runs["EDIP (pre-trained init)"] = args.edip
-    for name, checkpoint in runs.items():
-        results[name] = run_dip(geometry, y, reference, args.iterations, args.channels, args.tv_weight, args.lr,
-                                checkpoint, args.seed, args.accelerator)
-        print(f"{name}: best-loss iterate {results[name]['best_loss_image']['psnr']:.2f} dB, "
-              f"{results[name]['iterations_per_second']:.1f} it/s")
+        results["EDIP (pre-trained init)"] = dict(
+            run_dip(geometry, y, reference, args.iterations, args.channels, best_gamma, args.lr, args.edip,
+                    args.seed, args.accelerator), tv_weight=best_gamma)
+        print(f"EDIP γ {best_gamma:g}: best-loss iterate "
+              f"{results['EDIP (pre-trained init)']['best_loss_image']['psnr']:.2f} dB")
 
     scratch = results["DIP+TV (random init)"]
     tail = scratch["psnr"][int(0.8 * len(scratch["psnr"])):]
@@ -158,7 +171,7 @@ def main():
         run = results[name]
         run["reaches_steady"] = first_reaching(run["psnr"], run["seconds"], steady)
         k, seconds = run["reaches_steady"]
-        print(f"| {name}, best-loss iterate | {run['best_loss_image']['psnr']:.2f} | {run['best_loss_image']['ssim']:.3f} "
+        print(f"| {name} (γ {run['tv_weight']:g}), best-loss iterate | {run['best_loss_image']['psnr']:.2f} | {run['best_loss_image']['ssim']:.3f} "
               f"| {k if k else 'never'} | {f'{seconds:.1f}' if seconds else '–'} | {run['iterations_per_second']:.1f} |")
     if args.edip and scratch["reaches_steady"][0] and results["EDIP (pre-trained init)"]["reaches_steady"][0]:
         edip = results["EDIP (pre-trained init)"]["reaches_steady"]

@@ -91,7 +91,7 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
 def finetune_main(args: Optional[List[str]] = None) -> dict:
     """Entry point of ``finetune.py``: Deep Image Prior (+TV) on one real measurement.
 
-    ``python finetune.py scan.h5 --slice 0 --angle-step 6 --iterations 2000 --out outputs/finetune``
+    ``python finetune.py scan.h5 --slice 0 --num-angles 30 --iterations 2000 --out outputs/finetune``
     """
     import argparse
     import json
@@ -110,6 +110,8 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     parser.add_argument("input", help="Data Exchange .h5 raw scan, or .npz (sinogram, angles) / .npy sinogram")
     parser.add_argument("--slice", type=int, default=0, help="detector row of an .h5 scan")
     parser.add_argument("--angle-step", type=int, default=1, help="keep every k-th projection (sparse view)")
+    parser.add_argument("--num-angles", type=int, default=None,
+                        help="keep this many projections evenly spread over a half turn (.h5 scans)")
     parser.add_argument("--binning", type=int, default=1, help="average k neighbouring detector pixels")
     parser.add_argument("--center-offset", default="auto", help="rotation-axis offset in pixels, or 'auto'")
     parser.add_argument("--iterations", type=int, default=2000)
@@ -138,7 +140,8 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     offset = opts.center_offset if opts.center_offset == "auto" else float(opts.center_offset)
     if opts.input.endswith((".h5", ".hdf5")):
-        scan = load_data_exchange(opts.input, opts.slice, opts.angle_step, opts.binning, offset)
+        scan = load_data_exchange(opts.input, opts.slice, opts.angle_step, opts.binning, offset,
+                                  num_angles=opts.num_angles)
     else:
         scan = load_sinogram(opts.input, 0.0 if offset == "auto" else offset)
     y = torch.from_numpy(scan.data)[None, None]

@@ -12,9 +12,9 @@ TOOTH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tooth.
 needs_tooth = pytest.mark.skipif(not TOOTH.exists(), reason=f"real scan not available at {TOOTH}")
 
 
-def write_scan(path, n_angles=90, rows=2, cols=64, shift=0.0, drop=None):
+def write_scan(path, n_angles=90, rows=2, cols=64, shift=0.0, drop=None, endpoint=False):
     """A synthetic Data Exchange file of a disk whose rotation axis is ``shift`` pixels off centre."""
-    angles = np.linspace(0, 180, n_angles, endpoint=False)
+    angles = np.linspace(0, 180, n_angles, endpoint=endpoint)
     s = np.arange(cols) - (cols - 1) / 2 - shift
     line = 2 * np.sqrt(np.clip(15.0**2 - s**2, 0, None)) * 0.02  # a centred disk: same at every angle
     data = 1000 * np.exp(-line)[None, None, :].repeat(n_angles, 0).repeat(rows, 1) + 100
@@ -33,6 +33,17 @@ def test_flat_dark_log_binning_and_subsampling(tmp_path):
     assert scan.data.min() >= 0 and abs(scan.data.max() - 0.6) < 0.05  # −log of exp(−0.02 · 30)
     assert np.isclose(scan.angles[1] - scan.angles[0], np.deg2rad(6.0))
     assert scan.geometry.sinogram_shape == scan.data.shape
+
+
+def test_num_angles_spreads_over_a_half_turn_without_the_mirror_angle(tmp_path):
+    path = write_scan(tmp_path / "s.h5", n_angles=181, endpoint=True)  # 0°, 1°, …, 180°
+    scan = load_data_exchange(path, num_angles=30, center_offset=None)
+    assert scan.data.shape[0] == 30
+    assert np.allclose(np.rad2deg(scan.angles), np.arange(0, 180, 6))
+    assert np.allclose(np.rad2deg(load_data_exchange(path, num_angles=7, center_offset=None).angles),
+                       [0, 26, 51, 77, 103, 129, 154])
+    with pytest.raises(ValueError, match="num_angles must be between 1 and 180"):
+        load_data_exchange(path, num_angles=181, center_offset=None)
 
 
 def test_center_of_rotation_is_estimated(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -68,6 +68,16 @@ def estimate_center_offset(sinogram: np.ndarray, angles: np.ndarray, search: flo
     return float((shifts[k] + sub) / 2)
 
 
+def evenly_spaced_half_turn(angles: np.ndarray, num_angles: int) -> np.ndarray:
+    """Indices of ``num_angles`` of the increasing ``angles`` (radians), evenly spread over the
+    first half turn; an angle at or beyond ``angles[0] + π`` (a mirror image) is not used."""
+    half_turn = np.flatnonzero(angles < angles[0] + np.pi - 1e-6)
+    if not 1 <= num_angles <= half_turn.size:
+        raise ValueError(f"num_angles must be between 1 and {half_turn.size} (the angles within a half turn), "
+                         f"got {num_angles}")
+    return half_turn[np.round(np.arange(num_angles) * half_turn.size / num_angles).astype(int)]
+
+
 def load_data_exchange(
     path: Union[str, Path],
     slice_index: int = 0,
@@ -75,6 +85,7 @@ def load_data_exchange(
     binning: int = 1,
     center_offset: Union[float, str, None] = "auto",
     min_transmission: float = 1e-4,
+    num_angles: Optional[int] = None,
 ) -> Sinogram:
     """Read a Data Exchange HDF5 scan (``exchange/data``, ``data_white``, ``data_dark``, ``theta``).
 
@@ -85,6 +96,9 @@ def load_data_exchange(
         center_offset: rotation-axis offset in (binned) detector pixels; ``"auto"`` estimates it
             from all angles, ``None`` assumes the detector centre.
         min_transmission: transmissions are clipped to ``[min_transmission, 1]`` before ``−log``.
+        num_angles: keep this many projections evenly spread over one half turn (after
+            ``angle_step``); a projection 180° after the first (0° and 180° are mirror images)
+            is dropped first, so 30 of 181 angles over [0°, 180°] are 0°, 6°, …, 174°.
     """
     import h5py
 
@@ -121,6 +135,9 @@ def load_data_exchange(
         center_offset = estimate_center_offset(sinogram, angles)
     offset = float(center_offset or 0.0)
     sinogram, angles = sinogram[::angle_step], angles[::angle_step]
+    if num_angles is not None:
+        keep = evenly_spaced_half_turn(angles, num_angles)
+        sinogram, angles = sinogram[keep], angles[keep]
     return Sinogram(sinogram.astype(np.float32), angles, _geometry_for(sinogram.shape[1], angles, offset))
 
 

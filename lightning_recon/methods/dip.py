@@ -126,7 +126,7 @@ class DeepImagePrior(L.LightningModule):
         # relative data misfit and per-pixel TV of the O(1) image: γ means the same on any scan
         data_loss = self.data_misfit(self.ray_transform(x), y)
         loss = data_loss + self.hparams.tv_weight * total_variation(x / self.image_scale).mean() / x[0].numel()
-        value = float(loss)
+        value = float(loss.detach())
         self.losses.append(value)
         if value < self.best_loss:
             self.best_loss, self.best_image = value, x.detach().clone()

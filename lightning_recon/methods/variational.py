@@ -48,7 +48,13 @@ def total_variation(x: torch.Tensor, isotropic: bool = True) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"x must be images (B, C, H, W), got shape {tuple(x.shape)}")
     grad = gradient(x)
-    pointwise = grad.pow(2).sum(1).sqrt() if isotropic else grad.abs().sum(1)
+    if isotropic:
+        # √ has an infinite derivative at 0: flat patches get the subgradient 0 instead of NaN
+        squared = grad.pow(2).sum(1)
+        flat = squared == 0
+        pointwise = torch.where(flat, 0.0, torch.where(flat, 1.0, squared).sqrt())
+    else:
+        pointwise = grad.abs().sum(1)
     return pointwise.flatten(1).sum(1)
 
 
