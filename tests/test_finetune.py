@@ -103,7 +103,7 @@ def test_edip_pretraining_checkpoint_warm_starts_finetuning(tmp_path, monkeypatc
     assert all(torch.equal(a, b) for a, b in zip(pretrained.net.state_dict().values(), cli.model.net.state_dict().values()))
 
     scan = write_scan(tmp_path / "scan.h5", n_angles=30, cols=32)
-    summary = finetune_main([str(scan), "--angle-step", "3", "--iterations", "5", "--channels", "8", "--scales", "3",
+    summary = finetune_main([str(scan), "--num-angles", "10", "--iterations", "5", "--channels", "8", "--scales", "3",
                              "--center-offset", "0", "--init", str(checkpoint), "--logger", "none",
                              "--out", str(tmp_path / "ft"), "--accelerator", "cpu"])
     assert np.isfinite(summary["best_loss"])
