@@ -108,7 +108,7 @@ def main():
     parser.add_argument("--edip", default=None, help="EDIP checkpoint (net.* weights); omitted: DIP only")
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--tv-weights", type=float, nargs="+", default=[1e-4],
+    parser.add_argument("--tv-weights", type=float, nargs="+", default=[0.015],
                         help="γ of DIP+TV; with several, the best from-scratch run (by PSNR) is kept")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -66,7 +66,7 @@ class DeepImagePrior(L.LightningModule):
         channels: Sequence[int] = (64, 64, 64, 64, 64),
         skip_channels: Sequence[int] = (4, 4, 4, 4, 4),
         network_input: str = "fbp",
-        tv_weight: float = 1e-4,
+        tv_weight: float = 0.015,
         lr: float = 1e-3,
         pretrained: Optional[str] = None,
         seed: int = 0,
