@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from lightning_recon.cli import finetune_main
+from lightning_recon.data import EllipsesDataset
 from lightning_recon.methods.dip import DeepImagePrior, RepeatedMeasurement
+from lightning_recon.physics import ParallelBeam2D
 from tests.test_real_data import write_scan
 
 
@@ -78,10 +80,21 @@ def test_moving_variance_early_stop_ends_the_run_and_snapshots_are_saved(tmp_pat
     assert list(tmp_path.rglob("snapshots/step*.png"))
 
 
+def test_object_outlines_leave_air_around_a_seeded_sample():
+    geometry = ParallelBeam2D((48, 48), num_angles=10)
+    outlined = EllipsesDataset(geometry, length=4, seed=0, object_outlines=True)
+    filled = EllipsesDataset(geometry, length=4, seed=0, disk_support=True)
+    for index in range(4):
+        image, disk = outlined.phantom(index), filled.phantom(index)
+        assert torch.equal(image, outlined.phantom(index))  # deterministic per index
+        inside = image != 0
+        assert torch.equal(image[inside], disk[inside])  # the same phantom, cut
+        assert 0.03 < inside.float().mean() < 0.6 < (disk != 0).float().mean()  # air around the object
+    assert not torch.equal(outlined.phantom(0) != 0, outlined.phantom(1) != 0)
+
+
 def test_edip_pretraining_checkpoint_warm_starts_finetuning(tmp_path, monkeypatch):
     from lightning_recon.cli import cli_main
-    from lightning_recon.data import EllipsesDataset
-    from lightning_recon.physics import ParallelBeam2D
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     phantom = EllipsesDataset(ParallelBeam2D((32, 32), num_angles=10), length=1, seed=0, disk_support=True).phantom(0)

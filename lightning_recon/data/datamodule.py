@@ -83,6 +83,8 @@ class SimulatedCTDataModule(SplitDataModule):
         batch_size, num_workers: loader settings (validation and test use the same batch size).
         backend: ray-transform backend for simulation.
         disk_support: phantoms only inside the inscribed disk (EDIP pre-training for real scans).
+        object_outlines: each phantom cut to a random elliptical outline, an object in air (EDIP
+            pre-training for a sample smaller than the field of view).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class SimulatedCTDataModule(SplitDataModule):
         num_workers: int = 0,
         backend: str = "auto",
         disk_support: bool = False,
+        object_outlines: bool = False,
     ):
         super().__init__()
         if preset is not None and preset not in PRESETS:
@@ -126,6 +129,7 @@ class SimulatedCTDataModule(SplitDataModule):
             noise=base["noise"], relative_std=base["relative_std"], photons=photons,
             simulation_factor=simulation_factor, fbp_filter=fbp_filter,
             fbp_frequency_scaling=fbp_frequency_scaling, backend=backend, disk_support=disk_support,
+            object_outlines=object_outlines,
         )
         self.datasets: Dict[str, EllipsesDataset] = {}
 

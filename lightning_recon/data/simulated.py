@@ -49,6 +49,10 @@ class EllipsesDataset(Dataset):
         fbp_filter, fbp_frequency_scaling: the FBP returned with each sample.
         disk_support: zero the phantom outside the inscribed disk (the field of view of a rotating
             scan; EDIP pre-training for real scans).
+        object_outlines: multiply each phantom by a random elliptical outline inside the disk
+            (semi-axes 0.25–0.75 of the field-of-view radius, random centre and rotation, seeded by
+            the index): a sample surrounded by air, as on a rotation stage, instead of a field of
+            view filled to its edge.
         backend: ray-transform backend (operators are built lazily, per worker).
 
     Each item is a dict of float32 tensors ``ground_truth (1, H, W)``, ``measurement (1, A, D)``,
@@ -69,6 +73,7 @@ class EllipsesDataset(Dataset):
         fbp_frequency_scaling: float = 1.0,
         backend: str = "auto",
         disk_support: bool = False,
+        object_outlines: bool = False,
     ):
         self.geometry = geometry_from_dict(geometry)
         if not isinstance(self.geometry, Geometry2D):
@@ -82,6 +87,7 @@ class EllipsesDataset(Dataset):
         self.noise = noise_model(noise, relative_std, photons)
         self.simulation_factor = int(simulation_factor)
         self.disk_support = disk_support
+        self.object_outlines = object_outlines
         self.backend = backend
         self.fbp_settings = dict(filter_type=fbp_filter, frequency_scaling=fbp_frequency_scaling)
         self._params: Optional[np.ndarray] = None
@@ -123,10 +129,22 @@ class EllipsesDataset(Dataset):
         g, k = self.geometry, self.simulation_factor
         shape = tuple(s * k for s in g.image_shape)
         image = torch.from_numpy(ellipse_phantom(self.parameters[index], shape, g.extent))[None]
-        if self.disk_support:
+        if self.disk_support or self.object_outlines:
             rows, cols = torch.meshgrid(*(torch.linspace(-1, 1, n) * (n - 1) / n for n in shape), indexing="ij")
             image = image * (rows**2 + cols**2 <= 1.0)
+            if self.object_outlines:
+                image = image * self._outline(index, rows, cols)
         return image
+
+    def _outline(self, index: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """A random filled ellipse inside the unit disk, on the grid ``rows, cols`` in [−1, 1]."""
+        rng = np.random.default_rng([self.seed, index, 1])
+        semi_axes = rng.uniform(0.25, 0.75, 2)
+        centre = rng.uniform(-1, 1, 2) * (1 - semi_axes.max()) / np.sqrt(2)  # the ellipse stays inside the disk
+        angle = rng.uniform(0, np.pi)
+        u = (rows - centre[0]) * np.cos(angle) + (cols - centre[1]) * np.sin(angle)
+        v = -(rows - centre[0]) * np.sin(angle) + (cols - centre[1]) * np.cos(angle)
+        return (u / semi_axes[0]) ** 2 + (v / semi_axes[1]) ** 2 <= 1.0
 
     def noise_generator(self, index: int) -> torch.Generator:
         state = np.random.SeedSequence([self.noise_seed, index]).generate_state(2, dtype=np.uint32)
