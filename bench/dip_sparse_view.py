@@ -70,11 +70,12 @@ def scores(image: torch.Tensor, reference: torch.Tensor) -> dict:
     return {"psnr": float(psnr(*pair, data_range)), "ssim": float(ssim(*pair, data_range))}
 
 
-def run_dip(geometry, y, reference, iterations, channels, tv_weight, lr, pretrained, seed, accelerator):
+def run_dip(geometry, y, reference, iterations, channels, tv_weight, lr, pretrained, seed, accelerator, lr_warmup=0):
     """DIP+TV iterations with the PSNR of every iterate and the time since the first step."""
     L.seed_everything(seed, verbose=False)
     model = DeepImagePrior(geometry.to_dict(), channels=(channels,) * 5, skip_channels=(4,) * 5, network_input="fbp",
-                           tv_weight=tv_weight, lr=lr, pretrained=pretrained, seed=seed)
+                           tv_weight=tv_weight, lr=lr, lr_warmup=lr_warmup, pretrained=pretrained,
+                           seed=seed)
     model.reference = reference
     record = {"psnr": [], "seconds": []}
 
@@ -111,6 +112,7 @@ def main():
     parser.add_argument("--tv-weights", type=float, nargs="+", default=[0.015],
                         help="γ of DIP+TV; with several, the best from-scratch run (by PSNR) is kept")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-warmup", type=int, default=0, help="linear learning-rate ramp (iterations), both runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--alphas", type=float, nargs="+", default=None, help="TV weights to try")
     parser.add_argument("--accelerator", default="auto")
@@ -141,7 +143,7 @@ def main():
     sweep = {}
     for gamma in args.tv_weights:
         sweep[gamma] = run_dip(geometry, y, reference, args.iterations, args.channels, gamma, args.lr, None,
-                               args.seed, args.accelerator)
+                               args.seed, args.accelerator, args.lr_warmup)
         print(f"DIP+TV γ {gamma:g}: best-loss iterate {sweep[gamma]['best_loss_image']['psnr']:.2f} dB, "
               f"{sweep[gamma]['iterations_per_second']:.1f} it/s")
     best_gamma = max(sweep, key=lambda gamma: sweep[gamma]["best_loss_image"]["psnr"])
@@ -154,7 +156,7 @@ def main():
         runs["EDIP (pre-trained init)"] = args.edip
         results["EDIP (pre-trained init)"] = dict(
             run_dip(geometry, y, reference, args.iterations, args.channels, best_gamma, args.lr, args.edip,
-                    args.seed, args.accelerator), tv_weight=best_gamma)
+                    args.seed, args.accelerator, args.lr_warmup), tv_weight=best_gamma)
         print(f"EDIP γ {best_gamma:g}: best-loss iterate "
               f"{results['EDIP (pre-trained init)']['best_loss_image']['psnr']:.2f} dB")
 

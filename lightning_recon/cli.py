@@ -116,6 +116,8 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     parser.add_argument("--center-offset", default="auto", help="rotation-axis offset in pixels, or 'auto'")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-warmup", type=int, default=0,
+                        help="ramp the learning rate over the first N iterations (keeps an EDIP start)")
     parser.add_argument("--tv-weight", type=float, default=0.015,
                         help="γ of the TV term (0: plain DIP); 0.015 was best on tooth and CT_small")
     parser.add_argument("--network-input", choices=["fbp", "noise"], default="fbp")
@@ -156,7 +158,8 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     L.seed_everything(opts.seed, verbose=False)
     model = DeepImagePrior(scan.geometry.to_dict(), channels=(opts.channels,) * opts.scales,
                            skip_channels=(4,) * opts.scales, network_input=opts.network_input, tv_weight=opts.tv_weight,
-                           lr=opts.lr, pretrained=None if opts.init == "random" else opts.init, seed=opts.seed,
+                           lr=opts.lr, lr_warmup=opts.lr_warmup, seed=opts.seed,
+                           pretrained=None if opts.init == "random" else opts.init,
                            data_loss=opts.data_loss, photons=opts.photons, early_stop_window=opts.early_stop_window,
                            early_stop_patience=opts.early_stop_patience, snapshot_every=opts.snapshot_every)
     model.reference = reference

@@ -48,6 +48,25 @@ def test_dip_rejects_bad_options():
         DeepImagePrior({"image_shape": [8, 8], "num_angles": 4}, network_input="zeros")
     with pytest.raises(ValueError, match="tv_weight"):
         DeepImagePrior({"image_shape": [8, 8], "num_angles": 4}, tv_weight=-1.0)
+    with pytest.raises(ValueError, match="lr_warmup"):
+        DeepImagePrior({"image_shape": [8, 8], "num_angles": 4}, lr_warmup=-1)
+
+
+def test_dip_learning_rate_warmup_ramps_to_lr():
+    import lightning as L
+
+    geometry, y = _tiny_problem()
+    model = DeepImagePrior(geometry.to_dict(), channels=(8, 8), skip_channels=(2, 2), lr=1e-2, lr_warmup=4)
+    rates = []
+
+    class Rates(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accelerator="cpu", callbacks=[Rates()])
+    trainer.fit(model, RepeatedMeasurement(y[0], 6).loader())
+    assert rates == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2])
 
 
 def _tiny_problem():

@@ -49,6 +49,9 @@ class DeepImagePrior(L.LightningModule):
         network_input: ``"noise"`` (fixed, seeded) or ``"fbp"`` (EDIP's choice).
         tv_weight: γ of the TV term (per pixel), 0 for plain DIP.
         lr: Adam learning rate.
+        lr_warmup: ramp the learning rate linearly over this many first iterations (0: none). Adam's
+            first steps move every weight by about ``lr`` whatever its gradient, which undoes much
+            of a pre-trained (EDIP) start.
         pretrained: a checkpoint whose ``net.*`` weights initialise the network (EDIP), or None.
         data_loss: ``"mse"`` on the post-log sinogram, or ``"poisson"``: the negative log-likelihood
             of counts ``photons · exp(−y)`` given ``photons · exp(−A x)`` (pre-log photon statistics).
@@ -68,6 +71,7 @@ class DeepImagePrior(L.LightningModule):
         network_input: str = "fbp",
         tv_weight: float = 0.015,
         lr: float = 1e-3,
+        lr_warmup: int = 0,
         pretrained: Optional[str] = None,
         seed: int = 0,
         fbp_filter: str = "Hann",
@@ -84,6 +88,8 @@ class DeepImagePrior(L.LightningModule):
             raise ValueError(f"network_input must be 'noise' or 'fbp', got {network_input!r}")
         if data_loss not in ("mse", "poisson"):
             raise ValueError(f"data_loss must be 'mse' or 'poisson', got {data_loss!r}")
+        if lr_warmup < 0:
+            raise ValueError(f"lr_warmup must be >= 0, got {lr_warmup}")
         if tv_weight < 0:
             raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
         self.save_hyperparameters()
@@ -186,4 +192,9 @@ class DeepImagePrior(L.LightningModule):
             save_image(image.T.flip(0).clamp(0, 1)[None], folder / f"step{self.global_step:06d}.png")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        warmup = self.hparams.lr_warmup
+        if not warmup:
+            return optimizer
+        ramp = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
