@@ -150,10 +150,9 @@ def main():
     if len(sweep) > 1 and best_gamma in (min(sweep), max(sweep)):
         print(f"warning: the best DIP+TV weight {best_gamma:g} is at the edge of the grid; widen --tv-weights")
     results["dip_tv_weights"] = {f"{gamma:g}": run["best_loss_image"] for gamma, run in sweep.items()}
-    runs = {"DIP+TV (random init)": None}
+    runs = ["DIP+TV (random init)"] + (["EDIP (pre-trained init)"] if args.edip else [])
     results["DIP+TV (random init)"] = dict(sweep[best_gamma], tv_weight=best_gamma)
     if args.edip:
-        runs["EDIP (pre-trained init)"] = args.edip
         results["EDIP (pre-trained init)"] = dict(
             run_dip(geometry, y, reference, args.iterations, args.channels, best_gamma, args.lr, args.edip,
                     args.seed, args.accelerator, args.lr_warmup), tv_weight=best_gamma)
