@@ -125,7 +125,8 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
                         help="poisson: photon-count likelihood for pre-log statistics (--photons per ray)")
     parser.add_argument("--photons", type=float, default=1e4)
     parser.add_argument("--early-stop-window", type=int, default=0,
-                        help="stop when the moving variance over this many iterates stalls (0: run all)")
+                        help="stop when the moving variance over this many iterates stalls and return the "
+                        "iterate at its minimum (ES-WMV; 0: run all, return the lowest-loss iterate)")
     parser.add_argument("--early-stop-patience", type=int, default=300)
     parser.add_argument("--snapshot-every", type=int, default=0, help="log the image every N iterations")
     parser.add_argument("--init", default="random", help="'random' or a checkpoint with net.* weights (EDIP)")
@@ -178,10 +179,12 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
                         enable_checkpointing=False, log_every_n_steps=10, default_root_dir=str(out))
     trainer.fit(model, RepeatedMeasurement(y[0], opts.iterations).loader())
 
-    best = model.best_image[0, 0].cpu()
+    best = model.reconstruction[0, 0].cpu()
     fbp = model.fbp(y)[0, 0]
     summary = _save_finetune_outputs(out, best, fbp, reference, model.losses)
     summary.update(best_loss=model.best_loss, iterations=len(model.losses), stopped_early_at=model.stopped_at,
+                   returned_iterate="moving-variance minimum" if opts.early_stop_window else "lowest loss",
+                   moving_variance_minimum_at=model.early_stop_iteration if opts.early_stop_window else None,
                    input=opts.input,
                    sinogram_shape=list(scan.data.shape))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -96,6 +96,10 @@ def test_moving_variance_early_stop_ends_the_run_and_snapshots_are_saved(tmp_pat
                         enable_progress_bar=False, accelerator="cpu")
     trainer.fit(model, RepeatedMeasurement(y[0], 2000).loader())
     assert model.stopped_at is not None and len(model.losses) < 2000
+    # the result is the iterate at the variance minimum, `patience` iterations before the stop
+    assert model.early_stop_iteration == model.stopped_at - 10
+    assert model.reconstruction is model.early_stop_image
+    assert not torch.equal(model.reconstruction, model.best_image)
     assert list(tmp_path.rglob("snapshots/step*.png"))
 
 

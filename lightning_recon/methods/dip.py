@@ -1,8 +1,9 @@
 """Deep Image Prior (Ulyanov et al. 2018) on one measurement, with optional TV (Baguer et al. 2020).
 
-``θ* = argmin_θ ‖A f_θ(z) − y‖² / m + γ TV(f_θ(z)) / n``, ``x̂ = f_θ(z)`` at the lowest loss seen
-(DIP over-fits noise when run long, so the last iterate is not returned). ``z`` is fixed noise or
-the FBP of ``y``; ``f_θ`` starts random or from pre-trained weights (EDIP).
+``θ* = argmin_θ ‖A f_θ(z) − y‖² / m + γ TV(f_θ(z)) / n``, ``x̂ = f_θ(z)`` at the lowest loss seen,
+or, with the automatic early stop, at the minimum of the iterates' windowed moving variance (DIP
+over-fits noise when run long, so the last iterate is not returned). ``z`` is fixed noise or the
+FBP of ``y``; ``f_θ`` starts random or from pre-trained weights (EDIP).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class DeepImagePrior(L.LightningModule):
             of counts ``photons · exp(−y)`` given ``photons · exp(−A x)`` (pre-log photon statistics).
         early_stop_window, early_stop_patience: stop automatically when the windowed moving variance
             of the last ``window`` iterates (ES-WMV, Wang et al. 2021) has not reached a new minimum
-            for ``patience`` iterations; 0 disables it.
+            for ``patience`` iterations, and return the iterate at that minimum; 0 disables it.
         snapshot_every: log the current image every N iterations (W&B image or PNG in the run folder).
         reference: optional reference image ``(H, W)`` (e.g. a full-angle reconstruction) for
             PSNR/SSIM logging; not used by the optimisation.
@@ -110,6 +111,20 @@ class DeepImagePrior(L.LightningModule):
         self.stopped_at: Optional[int] = None
         self._window: list = []
         self._best_variance = (float("inf"), 0)
+        self.early_stop_image: Optional[torch.Tensor] = None
+
+    @property
+    def reconstruction(self) -> Optional[torch.Tensor]:
+        """The result ``(1, 1, H, W)``: the iterate at the moving-variance minimum when the early
+        stop is on, otherwise the lowest-loss iterate."""
+        if self.hparams.early_stop_window and self.early_stop_image is not None:
+            return self.early_stop_image
+        return self.best_image
+
+    @property
+    def early_stop_iteration(self) -> Optional[int]:
+        """The iteration (1-based) of the moving-variance minimum, None before the first full window."""
+        return self._best_variance[1] or None
 
     def network_input(self, y: torch.Tensor) -> torch.Tensor:
         """The fixed input ``z`` (scaled to O(1)); also fixes ``image_scale`` = max of the FBP."""
@@ -169,6 +184,7 @@ class DeepImagePrior(L.LightningModule):
         step = len(self.losses)
         if variance < self._best_variance[0]:
             self._best_variance = (variance, step)
+            self.early_stop_image = x.clone()
         elif step - self._best_variance[1] >= self.hparams.early_stop_patience:
             self.stopped_at = step
             self.trainer.should_stop = True
