@@ -119,7 +119,7 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     parser.add_argument("--lr-warmup", type=int, default=0,
                         help="ramp the learning rate over the first N iterations (keeps an EDIP start)")
     parser.add_argument("--tv-weight", type=float, default=0.015,
-                        help="γ of the TV term (0: plain DIP); 0.015 was best on tooth and CT_small")
+                        help="γ of the TV term (0: plain DIP); best by PSNR: 0.015 on CT_small, 0.04 on the tooth")
     parser.add_argument("--network-input", choices=["fbp", "noise"], default="fbp")
     parser.add_argument("--data-loss", choices=["mse", "poisson"], default="mse",
                         help="poisson: photon-count likelihood for pre-log statistics (--photons per ray)")
