@@ -179,9 +179,9 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
                         enable_checkpointing=False, log_every_n_steps=10, default_root_dir=str(out))
     trainer.fit(model, RepeatedMeasurement(y[0], opts.iterations).loader())
 
-    best = model.reconstruction[0, 0].cpu()
+    result = model.reconstruction[0, 0].cpu()
     fbp = model.fbp(y)[0, 0]
-    summary = _save_finetune_outputs(out, best, fbp, reference, model.losses)
+    summary = _save_finetune_outputs(out, result, fbp, reference, model.losses)
     summary.update(best_loss=model.best_loss, iterations=len(model.losses), stopped_early_at=model.stopped_at,
                    returned_iterate="moving-variance minimum" if opts.early_stop_window else "lowest loss",
                    moving_variance_minimum_at=model.early_stop_iteration if opts.early_stop_window else None,
