@@ -184,7 +184,7 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     summary = _save_finetune_outputs(out, result, fbp, reference, model.losses)
     summary.update(best_loss=model.best_loss, iterations=len(model.losses), stopped_early_at=model.stopped_at,
                    returned_iterate="moving-variance minimum" if opts.early_stop_window else "lowest loss",
-                   moving_variance_minimum_at=model.early_stop_iteration if opts.early_stop_window else None,
+                   moving_variance_minimum_at=model.early_stop_iteration,
                    input=opts.input,
                    sinogram_shape=list(scan.data.shape))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
