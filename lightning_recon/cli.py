@@ -183,7 +183,8 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     fbp = model.fbp(y)[0, 0]
     summary = _save_finetune_outputs(out, result, fbp, reference, model.losses)
     summary.update(best_loss=model.best_loss, iterations=len(model.losses), stopped_early_at=model.stopped_at,
-                   returned_iterate="moving-variance minimum" if opts.early_stop_window else "lowest loss",
+                   returned_iterate="moving-variance minimum" if model.reconstruction is model.early_stop_image
+                   else "lowest loss",
                    moving_variance_minimum_at=model.early_stop_iteration,
                    input=opts.input,
                    sinogram_shape=list(scan.data.shape))
