@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader
 from lightning_recon.data import PRESETS, EllipsesDataset, SimulatedCTDataModule
 from lightning_recon.metrics import image_metrics, psnr, ssim
 from lightning_recon.physics import ParallelBeam2D
-from lightning_recon.physics.phantoms import random_ellipse_parameters
+from lightning_recon.physics.phantoms import ellipse_parameters
 
 GEOMETRY = ParallelBeam2D((32, 32), num_angles=12)
 
@@ -22,13 +22,27 @@ def test_samples_are_deterministic_per_seed_and_index():
 
 
 def test_parameters_follow_dival_sequential_draws():
-    params = random_ellipse_parameters(seed=1, count=3)
+    params = ellipse_parameters(seed=1, count=3)
     rng = np.random.RandomState(1)
-    for _ in range(2):  # skip two samples: 6 arrays of 50 draws each
-        rng.uniform(size=50), rng.exponential(size=50), rng.exponential(size=50), rng.exponential(size=50)
-        rng.uniform(size=50), rng.uniform(size=50), rng.uniform(size=50)
+    for _ in range(2):  # skip two samples: 6 arrays of 70 draws and one Poisson draw each
+        rng.uniform(size=70), rng.exponential(size=70), rng.exponential(size=70)
+        rng.uniform(size=70), rng.uniform(size=70), rng.uniform(size=70), rng.poisson(40)
+    value = rng.uniform(-0.4, 1.0, 70)
+    for _ in range(2):
+        rng.exponential(size=70)
+    for _ in range(3):
+        rng.uniform(size=70)
+    value[min(rng.poisson(40), 70):] = 0.0
+    assert np.array_equal(params[2, :, 0], value)
+
+
+def test_adler_family_follows_its_sequential_draws():
+    params = ellipse_parameters(seed=1, count=2, family="adler")
+    rng = np.random.RandomState(1)
+    rng.uniform(size=50), rng.exponential(size=50), rng.exponential(size=50), rng.exponential(size=50)
+    rng.uniform(size=50), rng.uniform(size=50), rng.uniform(size=50)
     value = rng.uniform(-0.5, 0.5, 50) * rng.exponential(0.4, 50)
-    assert np.allclose(params[2, :, 0], value)
+    assert np.allclose(params[1, :, 0], value)
 
 
 def test_sample_shapes_ranges_and_noise_level():
@@ -43,13 +57,21 @@ def test_sample_shapes_ranges_and_noise_level():
 
 
 def test_finer_simulation_grid_avoids_the_inverse_crime():
-    coarse = EllipsesDataset(GEOMETRY, length=1, seed=1, noise="none")[0]
-    fine = EllipsesDataset(GEOMETRY, length=1, seed=1, noise="none", simulation_factor=2)[0]
+    coarse = EllipsesDataset(GEOMETRY, length=1, seed=1, noise="none", phantoms="adler")[0]
+    fine = EllipsesDataset(GEOMETRY, length=1, seed=1, noise="none", phantoms="adler", simulation_factor=2)[0]
     assert fine["ground_truth"].shape == (1, 32, 32)
     assert fine["measurement"].shape == coarse["measurement"].shape
     # same object, different discretisation: close but not identical data
     diff = float((fine["measurement"] - coarse["measurement"]).norm() / coarse["measurement"].norm())
     assert 1e-4 < diff < 0.2
+    # dival's way: the same truth, upsampled bilinearly for the simulation
+    dival = EllipsesDataset(GEOMETRY, length=1, seed=1, noise="none", simulation_size=100)[0]
+    same_grid = EllipsesDataset(GEOMETRY, length=1, seed=1, noise="none")[0]
+    assert torch.equal(dival["ground_truth"], same_grid["ground_truth"])
+    diff = float((dival["measurement"] - same_grid["measurement"]).norm() / same_grid["measurement"].norm())
+    assert 1e-4 < diff < 0.1
+    with pytest.raises(ValueError, match="not both"):
+        EllipsesDataset(GEOMETRY, length=1, seed=1, simulation_size=100, simulation_factor=2)
 
 
 def test_dataloader_workers_reproduce_direct_indexing():
@@ -60,7 +82,7 @@ def test_dataloader_workers_reproduce_direct_indexing():
 
 
 def test_datamodule_presets_and_overrides():
-    assert {"ellipses-30", "ellipses-30-5pct"} <= set(PRESETS)
+    assert {"ellipses-30", "ellipses-30-5pct", "adler-ellipses-30"} <= set(PRESETS)
     dm = SimulatedCTDataModule("ellipses-30-5pct", image_size=32, test_length=4, batch_size=2)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
@@ -69,6 +91,10 @@ def test_datamodule_presets_and_overrides():
     assert dm.dataset("test").seed == 1 and dm.dataset("train").seed == 42
     full = SimulatedCTDataModule("ellipses-30")
     assert full.geometry.sinogram_shape == (30, 183) and full.settings["test_length"] == 100
+    test_set = full.dataset("test")
+    assert (test_set.phantoms, test_set.simulation_shape, test_set.noise_seed) == ("dival", (400, 400), 3)
+    adler = SimulatedCTDataModule("adler-ellipses-30").dataset("test")
+    assert (adler.phantoms, adler.simulation_shape, adler.noise_stream) == ("adler", (128, 128), "indexed")
     with pytest.raises(ValueError, match="unknown preset"):
         SimulatedCTDataModule("ellipses-31")
     with pytest.raises(ValueError, match="noise must be"):

@@ -105,8 +105,8 @@ def test_moving_variance_early_stop_ends_the_run_and_snapshots_are_saved(tmp_pat
 
 def test_object_outlines_leave_air_around_a_seeded_sample():
     geometry = ParallelBeam2D((48, 48), num_angles=10)
-    outlined = EllipsesDataset(geometry, length=4, seed=0, object_outlines=True)
-    filled = EllipsesDataset(geometry, length=4, seed=0, disk_support=True)
+    outlined = EllipsesDataset(geometry, length=4, seed=0, object_outlines=True, phantoms="adler")
+    filled = EllipsesDataset(geometry, length=4, seed=0, disk_support=True, phantoms="adler")
     for index in range(4):
         image, disk = outlined.phantom(index), filled.phantom(index)
         assert torch.equal(image, outlined.phantom(index))  # deterministic per index

@@ -1,24 +1,37 @@
-"""LightningDataModule for simulated CT pairs, with the benchmark presets of SPEC.md."""
+"""LightningDataModule for simulated CT pairs, with the benchmark presets (docs/benchmarks.md
+"Data distributions" states each one in full)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from ..physics.geometry import ParallelBeam2D, geometry_from_dict
+from .device_simulation import DeviceEllipsesSimulator, SampleIndices
 from .simulated import EllipsesDataset
 
 __all__ = ["SimulatedCTDataModule", "PRESETS"]
 
-# dival's `ellipses` standard: 128², 30 parallel-beam angles, 2.5 % Gaussian noise, seeds 42 / 2 / 1.
+# dival's `ellipses` standard (dival 0.6.2, `get_standard_dataset('ellipses', fixed_seeds=True)`):
+# dival's phantom generator at 128², simulated from the truth upsampled bilinearly to 400², 30
+# parallel-beam angles, 2.5 % white Gaussian noise; phantom seeds 42 / 2 / 1 and dival's own noise
+# streams (seeds 1 / 2 / 3). `simulation_ratio` scales the simulation grid with `image_size`.
+_DIVAL = dict(phantoms="dival", simulation_ratio=400 / 128, noise_stream="sequential",
+              noise_seeds={"train": 1, "val": 2, "test": 3})
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "ellipses-30": dict(image_size=128, num_angles=30, noise="gaussian", relative_std=0.025,
+    "ellipses-30": dict(_DIVAL, image_size=128, num_angles=30, noise="gaussian", relative_std=0.025,
                         train_length=32000, val_length=3200, test_length=100),
-    "ellipses-30-5pct": dict(image_size=128, num_angles=30, noise="gaussian", relative_std=0.05,
+    "ellipses-30-5pct": dict(_DIVAL, image_size=128, num_angles=30, noise="gaussian", relative_std=0.05,
                              train_length=32000, val_length=3200, test_length=100),
-    "ellipses-small": dict(image_size=64, num_angles=30, noise="gaussian", relative_std=0.025,
+    "ellipses-small": dict(_DIVAL, image_size=64, num_angles=30, noise="gaussian", relative_std=0.025,
                            train_length=2048, val_length=32, test_length=32),
+    # Adler & Öktem's phantom family in ellipses-30's geometry and noise, simulated on the
+    # reconstruction grid: a different distribution, never compared with dival's published numbers.
+    "adler-ellipses-30": dict(phantoms="adler", simulation_ratio=1.0, noise_stream="indexed", noise_seeds=None,
+                              image_size=128, num_angles=30, noise="gaussian", relative_std=0.025,
+                              train_length=32000, val_length=3200, test_length=100),
 }
 SPLIT_SEEDS = {"train": 42, "val": 2, "test": 1}
 
@@ -70,18 +83,28 @@ class SimulatedCTDataModule(SplitDataModule):
     """Random-ellipse training, validation and test pairs ``(ground_truth, measurement, fbp)``.
 
     Args:
-        preset: a name from ``PRESETS`` (``ellipses-30``, ``ellipses-30-5pct``, ``ellipses-small``);
-            any explicit argument below overrides the preset's value.
+        preset: a name from ``PRESETS`` (``ellipses-30``, ``ellipses-30-5pct``, ``ellipses-small``,
+            ``adler-ellipses-30``); any explicit argument below overrides the preset's value.
+        phantoms: phantom family, ``"dival"`` or ``"adler"`` (see ``physics.phantoms``).
         geometry: full geometry as a dict of numbers; default: parallel beam ``image_size``² with
             ``num_angles`` angles over [0, π) (ODL's ``parallel_beam_geometry``).
         train_length, val_length, test_length: split sizes; the test split is the first
             ``test_length`` samples of the fixed test seed.
         noise, relative_std, photons: noise model (see ``EllipsesDataset``).
-        simulation_factor: simulate on a finer grid (no inverse crime).
+        noise_stream: ``"sequential"`` (dival's noise, seeds train 1 / val 2 / test 3) or
+            ``"indexed"`` (per-(seed, index) generators); see ``EllipsesDataset``.
+        simulation_size: simulate sinograms from the truth upsampled bilinearly to this square grid
+            (default for the dival presets: the image size × 400/128, i.e. 400 at 128²); the image
+            size simulates on the reconstruction grid (an inverse crime, for comparison only).
+        simulation_factor: alternatively rasterise the phantom this many times finer (truth = its
+            area average); needs ``simulation_size`` equal to ``image_size``.
         fbp_filter, fbp_frequency_scaling: the FBP delivered with each sample (Hann, 0.5: the best
             of a grid on ellipses-30, 24.2 dB; see docs/results.md).
         batch_size, num_workers: loader settings (validation and test use the same batch size).
         backend: ray-transform backend for simulation.
+        simulate_on: ``"cpu"`` (DataLoader workers) or ``"device"``: training pairs simulated on the
+            accelerator from the loader's index batches (``DeviceEllipsesSimulator``; no workers, for
+            GPU training); validation and test always use the CPU path.
         disk_support: phantoms only inside the inscribed disk (EDIP pre-training for real scans).
         object_outlines: each phantom cut to a random elliptical outline, an object in air (EDIP
             pre-training for a sample smaller than the field of view).
@@ -99,23 +122,32 @@ class SimulatedCTDataModule(SplitDataModule):
         noise: Optional[str] = None,
         relative_std: Optional[float] = None,
         photons: float = 4096.0,
+        phantoms: Optional[str] = None,
+        noise_stream: Optional[str] = None,
+        simulation_size: Optional[int] = None,
         simulation_factor: int = 1,
         fbp_filter: str = "Hann",
         fbp_frequency_scaling: float = 0.5,
         batch_size: int = 32,
         num_workers: int = 0,
         backend: str = "auto",
+        simulate_on: str = "cpu",
         disk_support: bool = False,
         object_outlines: bool = False,
     ):
         super().__init__()
+        if simulate_on not in ("cpu", "device"):
+            raise ValueError(f"simulate_on must be 'cpu' or 'device', got {simulate_on!r}")
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or None")
         self.save_hyperparameters()
         base = dict(PRESETS[preset]) if preset else dict(PRESETS["ellipses-30"])
         given = dict(image_size=image_size, num_angles=num_angles, train_length=train_length,
-                     val_length=val_length, test_length=test_length, noise=noise, relative_std=relative_std)
+                     val_length=val_length, test_length=test_length, noise=noise, relative_std=relative_std,
+                     phantoms=phantoms, noise_stream=noise_stream)
         base.update({k: v for k, v in given.items() if v is not None})
+        if base["noise"] != "gaussian" and base["noise_stream"] == "sequential" and noise_stream is None:
+            base["noise_stream"] = "indexed"  # dival's stream is Gaussian; other noise draws per index
         self.settings = base
         if geometry is None:
             size = int(base["image_size"])
@@ -125,22 +157,52 @@ class SimulatedCTDataModule(SplitDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.num_workers = batch_size, num_workers
+        if simulation_size is None:
+            ratio = 1.0 if simulation_factor > 1 else base["simulation_ratio"]
+            simulation_shape = tuple(int(round(s * ratio)) for s in self.geometry.image_shape)
+        else:
+            simulation_shape = (int(simulation_size),) * 2
+        same_grid = simulation_shape == tuple(self.geometry.image_shape)
+        self.noise_seeds = base["noise_seeds"] or {}
         self._dataset_kwargs = dict(
-            noise=base["noise"], relative_std=base["relative_std"], photons=photons,
+            phantoms=base["phantoms"], noise=base["noise"], relative_std=base["relative_std"], photons=photons,
+            noise_stream=base["noise_stream"], simulation_size=None if same_grid else simulation_shape,
             simulation_factor=simulation_factor, fbp_filter=fbp_filter,
             fbp_frequency_scaling=fbp_frequency_scaling, backend=backend, disk_support=disk_support,
             object_outlines=object_outlines,
         )
         self.datasets: Dict[str, EllipsesDataset] = {}
+        self.simulate_on = simulate_on
+        self._simulator: Optional[DeviceEllipsesSimulator] = None
+        if simulate_on == "device":
+            self.device_simulator()  # unsupported settings fail here, not at the first step
 
     def dataset(self, split: str) -> EllipsesDataset:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
         if split not in self.datasets:
             self.datasets[split] = EllipsesDataset(
-                self.geometry, self.settings[f"{split}_length"], seed=SPLIT_SEEDS[split], **self._dataset_kwargs
+                self.geometry, self.settings[f"{split}_length"], seed=SPLIT_SEEDS[split],
+                noise_seed=self.noise_seeds.get(split), **self._dataset_kwargs
             )
         return self.datasets[split]
+
+    def device_simulator(self) -> DeviceEllipsesSimulator:
+        """The simulator of the training split on the device (``simulate_on="device"``)."""
+        if self._simulator is None:
+            self._simulator = DeviceEllipsesSimulator(self.dataset("train"))
+        return self._simulator
+
+    def train_dataloader(self) -> DataLoader:
+        if self.simulate_on == "cpu":
+            return super().train_dataloader()
+        return DataLoader(SampleIndices(len(self.dataset("train"))), batch_size=self.batch_size, shuffle=True)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Index batches of the device-simulated training split become sample dicts on ``device``."""
+        if self.simulate_on == "device" and isinstance(batch, torch.Tensor):
+            return self.device_simulator()(batch, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def setup(self, stage: Optional[str] = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}

@@ -1,13 +1,15 @@
 """Simulated CT pairs on the fly: random-ellipse phantoms, their noisy sinograms and FBPs.
 
 Every sample is a deterministic function of ``(seed, index)``: phantom parameters are the
-``index``-th draw of the split's seed (as in dival), and the noise generator is seeded from
-``(noise_seed, index)``. DataLoader workers and DDP ranks therefore never duplicate or
-disagree on samples, and splits with different seeds never overlap.
+``index``-th draw of the split's seed (as in dival), and the noise is either dival's own stream
+(``noise_stream="sequential"``: ``RandomState(noise_seed).normal`` once per sample in order) or
+drawn from a generator seeded by ``(noise_seed, index)`` (``"indexed"``). DataLoader workers and
+DDP ranks therefore never duplicate or disagree on samples, and splits with different seeds
+never overlap.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,11 +18,14 @@ from torch.utils.data import Dataset
 
 from ..physics.fbp import FBP
 from ..physics.geometry import Geometry, Geometry2D, geometry_from_dict
-from ..physics.noise import GaussianNoise, PoissonNoise
-from ..physics.phantoms import ellipse_phantom, random_ellipse_parameters
+from ..physics.noise import GaussianNoise, PoissonNoise, SequentialNormalStream
+from ..physics.phantoms import PHANTOM_FAMILIES, ellipse_parameters, ellipse_phantom
 from ..physics.ray_transform import RayTransform
+from ..physics.resample import BilinearResize
 
-__all__ = ["EllipsesDataset", "noise_model"]
+__all__ = ["EllipsesDataset", "noise_model", "simulation_geometry", "NOISE_STREAMS"]
+
+NOISE_STREAMS = ("sequential", "indexed")
 
 
 def noise_model(kind: str = "gaussian", relative_std: float = 0.025, photons: float = 4096.0,
@@ -35,6 +40,14 @@ def noise_model(kind: str = "gaussian", relative_std: float = 0.025, photons: fl
     raise ValueError(f"noise must be 'gaussian', 'poisson' or 'none', got {kind!r}")
 
 
+def simulation_geometry(geometry: Geometry2D, image_shape) -> Geometry2D:
+    """``geometry`` with the image discretised on ``image_shape`` (same extent, detector and angles)."""
+    if tuple(image_shape) == tuple(geometry.image_shape):
+        return geometry
+    return geometry.replace(image_shape=tuple(image_shape), image_extent=geometry.extent,
+                            num_detector_pixels=geometry.n_detector, detector_extent=geometry.detector_length)
+
+
 class EllipsesDataset(Dataset):
     """Random-ellipse phantoms with simulated measurements.
 
@@ -42,10 +55,19 @@ class EllipsesDataset(Dataset):
         geometry: the measurement geometry (object or dict of numbers).
         length: number of samples.
         seed: phantom seed of this split (dival: train 42, validation 2, test 1).
+        phantoms: the phantom family, ``"dival"`` (dival's ``ellipses`` standard) or ``"adler"``
+            (Adler & Öktem's); see ``lightning_recon.physics.phantoms``.
         noise: ``"gaussian"``, ``"poisson"`` or ``"none"``; ``relative_std`` / ``photons`` set its level.
         noise_seed: seed of the noise; defaults to ``seed + 1000``.
-        simulation_factor: simulate the sinogram from a phantom rasterised ``factor``× finer (the
-            ground truth is its area average), avoiding the inverse crime. 1 = same grid.
+        noise_stream: ``"sequential"`` (Gaussian noise only): sample ``i`` gets the ``i``-th draw of
+            ``RandomState(noise_seed).normal``, dival's own noise for its noise seeds (train 1,
+            validation 2, test 3); ``"indexed"``: a generator seeded by ``(noise_seed, index)``,
+            cheap random access for long training splits.
+        simulation_size: simulate the sinogram from the truth upsampled bilinearly to this grid
+            (a size or (rows, cols)) (dival's standard: 400 for 128² truths; scikit-image ``resize(order=1)``
+            semantics) and projected on the same detector, avoiding the inverse crime.
+        simulation_factor: alternatively, simulate from a phantom rasterised ``factor``× finer (the
+            ground truth is its area average). Neither: the same grid (an inverse crime).
         fbp_filter, fbp_frequency_scaling: the FBP returned with each sample.
         disk_support: zero the phantom outside the inscribed disk (the field of view of a rotating
             scan; EDIP pre-training for real scans).
@@ -64,10 +86,13 @@ class EllipsesDataset(Dataset):
         geometry: Union[Geometry, dict],
         length: int,
         seed: int,
+        phantoms: str = "dival",
         noise: str = "gaussian",
         relative_std: float = 0.025,
         photons: float = 4096.0,
         noise_seed: Optional[int] = None,
+        noise_stream: str = "indexed",
+        simulation_size: Optional[Union[int, Tuple[int, int]]] = None,
         simulation_factor: int = 1,
         fbp_filter: str = "Hann",
         fbp_frequency_scaling: float = 1.0,
@@ -82,9 +107,26 @@ class EllipsesDataset(Dataset):
             raise ValueError(f"length must be >= 0, got {length}")
         if simulation_factor < 1 or int(simulation_factor) != simulation_factor:
             raise ValueError(f"simulation_factor must be a positive integer, got {simulation_factor}")
+        if isinstance(simulation_size, int):
+            simulation_size = (simulation_size, simulation_size)
+        if simulation_size is not None and (len(simulation_size) != 2 or min(simulation_size) < 2):
+            raise ValueError(f"simulation_size must be a size or (rows, cols) >= 2, or None; got {simulation_size}")
+        if simulation_size is not None and simulation_factor > 1:
+            raise ValueError("give simulation_size (bilinear upsampling) or simulation_factor (finer "
+                             "rasterisation), not both")
+        if phantoms not in PHANTOM_FAMILIES:
+            raise ValueError(f"phantoms must be one of {PHANTOM_FAMILIES}, got {phantoms!r}")
+        if noise_stream not in NOISE_STREAMS:
+            raise ValueError(f"noise_stream must be one of {NOISE_STREAMS}, got {noise_stream!r}")
+        if noise_stream == "sequential" and noise != "gaussian":
+            raise ValueError(f"noise_stream 'sequential' (dival's stream) is for Gaussian noise, got noise={noise!r}")
         self.length, self.seed = int(length), int(seed)
+        self.phantoms = phantoms
         self.noise_seed = int(noise_seed) if noise_seed is not None else self.seed + 1000
         self.noise = noise_model(noise, relative_std, photons)
+        self.noise_stream = noise_stream
+        self._normal_stream = SequentialNormalStream(self.noise_seed, self.geometry.sinogram_shape)
+        self.simulation_size = tuple(int(s) for s in simulation_size) if simulation_size is not None else None
         self.simulation_factor = int(simulation_factor)
         self.disk_support = disk_support
         self.object_outlines = object_outlines
@@ -100,19 +142,25 @@ class EllipsesDataset(Dataset):
     @property
     def parameters(self) -> np.ndarray:
         if self._params is None:
-            self._params = random_ellipse_parameters(self.seed, self.length)
+            self._params = ellipse_parameters(self.seed, self.length, self.phantoms)
         return self._params
+
+    @property
+    def simulation_shape(self):
+        """The image grid the sinograms are simulated on."""
+        g = self.geometry
+        if self.simulation_size is not None:
+            return self.simulation_size
+        return tuple(s * self.simulation_factor for s in g.image_shape)
 
     def _op(self, name: str) -> torch.nn.Module:
         if name not in self._ops:
             g = self.geometry
             if name == "project":
-                sim = g
-                if self.simulation_factor > 1:
-                    fine = tuple(s * self.simulation_factor for s in g.image_shape)
-                    sim = g.replace(image_shape=fine, image_extent=g.extent,
-                                    num_detector_pixels=g.n_detector, detector_extent=g.detector_length)
+                sim = simulation_geometry(g, self.simulation_shape)
                 self._ops[name] = RayTransform(sim, backend=self.backend, check_finite=False)
+            elif name == "upsample":
+                self._ops[name] = BilinearResize(g.image_shape, self.simulation_shape)
             else:
                 self._ops[name] = FBP(g, backend=self.backend, **self.fbp_settings)
         return self._ops[name]
@@ -125,10 +173,10 @@ class EllipsesDataset(Dataset):
 
     # -- samples -----------------------------------------------------------------------------
     def phantom(self, index: int) -> torch.Tensor:
-        """Ground truth ``(1, H, W)`` in [0, 1] (area average of the fine phantom if factor > 1)."""
+        """The phantom ``(1, h, w)`` in [0, 1] on the rasterisation grid (``factor``× the image grid)."""
         g, k = self.geometry, self.simulation_factor
         shape = tuple(s * k for s in g.image_shape)
-        image = torch.from_numpy(ellipse_phantom(self.parameters[index], shape, g.extent))[None]
+        image = torch.from_numpy(ellipse_phantom(self.parameters[index], shape, g.extent, self.phantoms))[None]
         if self.disk_support or self.object_outlines:
             rows, cols = torch.meshgrid(*(torch.linspace(-1, 1, n) * (n - 1) / n for n in shape), indexing="ij")
             image = image * (rows**2 + cols**2 <= 1.0)
@@ -154,10 +202,14 @@ class EllipsesDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
-        fine = self.phantom(index)
-        sinogram = self._op("project")(fine[None])
-        if self.noise is not None:
+        raster = self.phantom(index)
+        truth = F.avg_pool2d(raster[None], self.simulation_factor)[0] if self.simulation_factor > 1 else raster
+        simulated = self._op("upsample")(raster) if self.simulation_size is not None else raster
+        sinogram = self._op("project")(simulated[None])
+        if self.noise_stream == "sequential" and self.noise is not None:
+            z = torch.from_numpy(self._normal_stream(index)).to(sinogram.dtype)
+            sinogram = self.noise(sinogram, standard_normal=z.expand_as(sinogram))
+        elif self.noise is not None:
             sinogram = self.noise(sinogram, generator=self.noise_generator(index))
-        truth = F.avg_pool2d(fine[None], self.simulation_factor)[0] if self.simulation_factor > 1 else fine
         fbp = self._op("fbp")(sinogram)
         return {"ground_truth": truth, "measurement": sinogram[0], "fbp": fbp[0], "index": index}

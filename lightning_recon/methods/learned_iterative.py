@@ -19,10 +19,16 @@ class _UnrolledModule(ReconstructionModule):
         self.register_buffer("operator_norm", torch.zeros(()))
 
     def _normalised_net(self):
-        if float(self.operator_norm) == 0.0:
-            self.operator_norm.fill_(self.ray_transform.operator_norm())
-        self.net.op_norm = float(self.operator_norm)
+        """The network with ``op_norm`` set; reads the buffer once (one host synchronisation per run)."""
+        if self.__dict__.get("_op_norm_value") is None:
+            if float(self.operator_norm) == 0.0:
+                self.operator_norm.fill_(self.ray_transform.operator_norm())
+            self.__dict__["_op_norm_value"] = float(self.operator_norm)
+        self.net.op_norm = self.__dict__["_op_norm_value"]
         return self.net
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        self.__dict__["_op_norm_value"] = None  # the loaded buffer holds the norm
 
 
 class LearnedGD(_UnrolledModule):
