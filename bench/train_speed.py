@@ -1,15 +1,23 @@
-"""Training steps per second of each supervised model, and the data pipeline's samples per second.
+"""Training steps per second with data included: the old path against the new one, side by side.
 
-One optimiser step = forward, MSE loss, backward and Adam update on a fixed batch already on the
-device (so the model alone is timed); the data line times one DataLoader worker simulating
-ellipses-30 samples (phantom, projection, noise, FBP). Prints a table and writes JSON.
+- ``old``: samples simulated by DataLoader workers on the CPU (``simulate_on="cpu"``), float32, the
+  operator's NaN check (one host synchronisation per operator call) switched back on.
+- ``new``: samples simulated on the device from index batches (``simulate_on="device"``), bf16
+  autocast (the operator stays float32), cuDNN autotuning, no host synchronisation in the step;
+  ``new+cl`` adds channels-last weights.
+- ``model``: the new settings on one fixed batch already on the device (the model alone).
 
-    python bench/train_speed.py                      # CUDA when present, else CPU
-    python bench/train_speed.py --device cpu --steps 5
+One step = next batch (simulated, moved), forward, MSE loss, backward, Adam update. Prints a
+markdown table (steps/s and the new/old ratio, measured in this one run) and writes JSON; with
+``--profile`` adds the top CUDA kernels of one learned-PD step.
+
+    python bench/train_speed.py --device cuda --steps 40 --workers 14
+    python bench/train_speed.py --device cpu --steps 3 --batch-size 4 --preset ellipses-small --workers 1
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -20,32 +28,70 @@ import torch
 from lightning_recon.data import SimulatedCTDataModule
 from lightning_recon.methods import FBPUNet, LearnedGD, LearnedPD
 
-MODELS = {"FBPUNet": FBPUNet, "LearnedGD": LearnedGD, "LearnedPD": LearnedPD}
+MODELS = {"FBPUNet": (FBPUNet, dict(channels=[32, 32, 64, 64, 128], norm="batch")),
+          "LearnedGD": (LearnedGD, {}), "LearnedPD": (LearnedPD, {})}
 
 
-def time_model(cls, geometry, batch, steps: int, device: str, precision: str) -> float:
-    model = cls(geometry=geometry).to(device)
-    model.train()
+def batches(data: SimulatedCTDataModule, device: torch.device):
+    """Endless training batches on ``device``, through the data module's own transfer hook."""
+    while True:
+        for batch in data.train_dataloader():
+            yield data.transfer_batch_to_device(batch, device, 0)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(model, stream, steps: int, device: torch.device, bf16: bool, warmup: int = 5) -> float:
+    """Optimiser steps per second over ``steps`` steps after ``warmup``."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step():
+        batch = next(stream)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = torch.nn.functional.mse_loss(model.reconstruct(batch).float(), batch["ground_truth"])
+            pred = model.reconstruct(batch)
+        loss = torch.nn.functional.mse_loss(pred.float(), batch["ground_truth"])
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):
+    for _ in range(warmup):
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return steps / (time.perf_counter() - start)
+
+
+def build(name: str, data: SimulatedCTDataModule, device: torch.device, channels_last: bool, checked: bool):
+    cls, kwargs = MODELS[name]
+    model = cls(geometry=data.geometry_dict, channels_last=channels_last, **kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.ray_transform.check_finite = checked
+    return model.train()
+
+
+def profile_step(data, device, steps: int = 3) -> list:
+    """The top CUDA kernels of learned-PD steps on the new path (name, share of CUDA time, ms/step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build("LearnedPD", data, device, channels_last=True, checked=False)
+    stream = batches(data, device)
+    time_steps(model, stream, 2, device, bf16=True, warmup=3)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        time_steps(model, stream, steps, device, bf16=True, warmup=0)
+    events = [e for e in prof.key_averages() if e.device_time_total > 0 and e.key and not e.key.startswith("ProfilerStep")]
+    kernels = [e for e in events if e.device_type.name == "CUDA"]
+    total = sum(e.device_time_total for e in kernels) or 1.0
+    kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    return [{"kernel": e.key[:90], "share": e.device_time_total / total,
+             "ms_per_step": e.device_time_total / 1e3 / steps, "calls_per_step": e.count / steps} for e in kernels[:12]]
 
 
 def main(argv=None):
@@ -53,34 +99,68 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="ellipses-30")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=14, help="DataLoader workers of the old path")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", default="bench/results/train_speed.json")
     args = parser.parse_args(argv)
-
-    data = SimulatedCTDataModule(args.preset, train_length=max(args.batch_size, 64), batch_size=args.batch_size)
-    dataset = data.dataset("train")
-    dataset[0]  # builds the worker's operators
-    start = time.perf_counter()
-    samples = [dataset[i] for i in range(args.batch_size)]
-    data_rate = args.batch_size / (time.perf_counter() - start)
-    batch = {k: torch.stack([s[k] for s in samples]).to(args.device) for k in ("ground_truth", "measurement", "fbp")}
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = False
+    torch.set_float32_matmul_precision("high")
+    length = 32000
+    old_data = SimulatedCTDataModule(args.preset, train_length=length, batch_size=args.batch_size,
+                                     num_workers=args.workers, noise_stream="indexed")
+    new_data = SimulatedCTDataModule(args.preset, train_length=length, batch_size=args.batch_size,
+                                     simulate_on="device", num_workers=0)
 
     rows = []
-    for name, cls in MODELS.items():
-        rate = time_model(cls, data.geometry_dict, batch, args.steps, args.device, args.precision)
-        rows.append(dict(model=name, steps_per_second=rate, images_per_second=rate * args.batch_size))
-    machine = dict(platform=platform.platform(), device=torch.cuda.get_device_name() if args.device == "cuda" else
-                   platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__)
-    print(f"{args.preset}, batch {args.batch_size}, {args.precision}, on {machine['device']}")
-    print("| model | steps/s | images/s |\n|---|---|---|")
+    for name in args.models:
+        row = {"model": name}
+        torch.backends.cudnn.benchmark = False
+        row["old"] = time_steps(build(name, old_data, device, False, True), batches(old_data, device), args.steps,
+                                device, bf16=False)
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+        row["new"] = time_steps(build(name, new_data, device, False, False), batches(new_data, device), args.steps,
+                                device, bf16=device.type == "cuda")
+        row["new+cl"] = time_steps(build(name, new_data, device, True, False), batches(new_data, device), args.steps,
+                                   device, bf16=device.type == "cuda")
+        fixed = next(batches(new_data, device))
+        row["model_only"] = time_steps(build(name, new_data, device, True, False), iter(lambda: fixed, None),
+                                       args.steps, device, bf16=device.type == "cuda")
+        row["speedup"] = max(row["new"], row["new+cl"]) / row["old"]
+        rows.append(row)
+        print(f"{name}: {row}", flush=True)
+
+    simulator = new_data.device_simulator()
+    indices = torch.arange(args.batch_size)
+    simulator(indices, device)
+    synchronize(device)
+    start = time.perf_counter()
+    for k in range(10):
+        simulator(indices + k * args.batch_size, device)
+    synchronize(device)
+    device_rate = 10 * args.batch_size / (time.perf_counter() - start)
+
+    machine = dict(platform=platform.platform(), device=torch.cuda.get_device_name() if device.type == "cuda" else
+                   platform.processor() or platform.machine(), cpu_threads=torch.get_num_threads(), torch=torch.__version__)
+    print(f"\n{args.preset}, batch {args.batch_size}, data included, on {machine['device']} "
+          f"(old: {args.workers} CPU workers, float32; new: device simulation, bf16)")
+    print("| model | old steps/s | new steps/s | new + channels-last | model alone | new / old |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['steps_per_second']:.2f} | {r['images_per_second']:.1f} |")
-    print(f"| data: one worker simulating samples | – | {data_rate:.1f} |")
+        print(f"| {r['model']} | {r['old']:.1f} | {r['new']:.1f} | {r['new+cl']:.1f} | {r['model_only']:.1f} | "
+              f"{r['speedup']:.2f}× |")
+    print(f"device simulation alone: {device_rate:.0f} samples/s")
+    result = dict(machine=machine, preset=args.preset, batch=args.batch_size, steps=args.steps, workers=args.workers,
+                  models=rows, device_simulation_samples_per_second=device_rate)
+    if args.profile and device.type == "cuda":
+        result["profile_learned_pd"] = profile_step(new_data, device)
+        print("| kernel (learned PD, new path) | share of CUDA time | ms/step | calls/step |\n|---|---|---|---|")
+        for k in result["profile_learned_pd"]:
+            print(f"| {k['kernel']} | {k['share']:.1%} | {k['ms_per_step']:.2f} | {k['calls_per_step']:.0f} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=machine, preset=args.preset, batch=args.batch_size, precision=args.precision,
-                                   models=rows, data_samples_per_second_per_worker=data_rate), indent=2))
+    out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
 
 

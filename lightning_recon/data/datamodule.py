@@ -1,5 +1,5 @@
-"""LightningDataModule for simulated CT pairs, with the benchmark presets (docs/benchmarks.md
-"Data distributions" states each one in full)."""
+"""LightningDataModule for simulated CT pairs, with the benchmark presets (docs/data.md states
+each one in full)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional

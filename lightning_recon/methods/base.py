@@ -10,12 +10,14 @@ lazily per process and device, so checkpoints hold only weights and plain hyperp
 from __future__ import annotations
 
 import csv
+import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ..metrics import image_metrics
@@ -25,6 +27,7 @@ from ..physics.ray_transform import RayTransform
 
 __all__ = ["ReconstructionModule", "validation_samples", "with_schedule", "write_results_table"]
 
+SCHEDULERS = ("cosine", "cosine-time", "none")
 TABLE_COLUMNS = ["method", "psnr", "psnr_std", "ssim", "ssim_std", "psnr_fixed", "psnr_fixed_std",
                  "ssim_fixed", "ssim_fixed_std", "seconds_per_image", "images"]
 
@@ -35,7 +38,8 @@ class ReconstructionModule(L.LightningModule):
     Args:
         geometry: the measurement geometry as a dict of numbers (the CLI links it from the data).
         lr, betas, weight_decay: Adam(W) settings.
-        scheduler: ``"cosine"`` (annealed to 0 over the run) or ``"none"``.
+        scheduler: ``"cosine"`` (annealed to 0 over ``max_steps``), ``"cosine-time"`` (annealed to 0
+            over the trainer's ``max_time`` of training: a fixed time budget, any speed) or ``"none"``.
         data_range: fixed data range for ``val/psnr``/``val/ssim`` and the "fixed" test columns.
         fbp_filter, fbp_frequency_scaling: the FBP used by methods that start from one.
         ray_transform_backend: ``auto``, ``matrix``, ``astra_cuda`` or ``odl``.
@@ -65,8 +69,8 @@ class ReconstructionModule(L.LightningModule):
     ):
         super().__init__()
         geometry = geometry_from_dict(geometry)
-        if scheduler not in ("cosine", "none"):
-            raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         self.save_hyperparameters()  # collects the subclasses' arguments too
         # geometry as plain numbers: weights_only-safe checkpoints, equal to the data module's record
         self.save_hyperparameters(dict(self.hparams, geometry=geometry.to_dict()))
@@ -170,9 +174,21 @@ def validation_samples(trainer, count: int):
 
 
 def with_schedule(optimizer: torch.optim.Optimizer, scheduler: str, trainer) -> Any:
-    """``optimizer`` alone (``"none"``) or with a per-step cosine schedule annealed to 0 over the run."""
+    """``optimizer`` alone (``"none"``) or with a per-step cosine schedule annealed to 0 over the
+    run's steps (``"cosine"``) or over its training-time budget ``max_time`` (``"cosine-time"``)."""
     if scheduler == "none":
         return optimizer
+    if scheduler == "cosine-time":
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None or timer.time_remaining("train") is None:
+            raise ValueError("scheduler 'cosine-time' anneals over the time budget: set trainer.max_time")
+
+        def factor(_step: int) -> float:
+            elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, elapsed / max(elapsed + remaining, 1e-9))))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, trainer.estimated_stepping_batches))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -15,7 +15,7 @@ class FBPUNet(ReconstructionModule):
     """Residual U-Net on the FBP, trained supervised with MSE (Jin et al. 2017; dival's FBP+U-Net).
 
     Args:
-        channels: feature channels per scale (5 scales, 32…128 in SPEC.md's settings).
+        channels: feature channels per scale (5 scales, 32…128 in the FBPConvNet settings).
         norm: ``"batch"``, ``"group"`` or ``"none"``.
         **kwargs: geometry and optimisation settings of :class:`ReconstructionModule`.
     """

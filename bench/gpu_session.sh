@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the ellipses-standard issues in one command of about 9 minutes on one H200:
+# the gpu tests, bench/train_speed.py (old vs new path, data included), the three supervised methods
+# and the conditional WGAN trained at once on the GPU (each for TRAIN_TIME; alone each fits its own
+# 9-minute config), their tests on the first 100 test samples, TV (α tuned on validation) and the
+# cWGAN's calibration. Logs and tables land in $OUT (at most 8 files):
+#
+#   source .device/setup.sh && OUT=outputs/gpu_session bash bench/gpu_session.sh      # the H200
+#   ACCEL=cpu TRAIN_TIME=00:00:00:20 SPEED_ARGS="--device cpu --steps 1 --batch-size 2 --workers 1 --models LearnedGD" \
+#       TV_ARGS="--device cpu --iterations 5 --val-samples 2 --test-samples 2 --alphas 1 4" \
+#       CWGAN_SAMPLES=4 TEST_SAMPLES=4 DIP_ITERATIONS=5 DIP_TEST_IMAGES=1 bash bench/gpu_session.sh                          # a CPU dry run
+set -uo pipefail
+OUT=${OUT:-outputs/gpu_session}
+ACCEL=${ACCEL:-gpu}
+TRAIN_TIME=${TRAIN_TIME:-00:00:04:15}
+SPEED_ARGS=${SPEED_ARGS:---device cuda --steps 20 --workers 12 --profile}
+TV_ARGS=${TV_ARGS:---device cuda --iterations 1000 --val-samples 20 --test-samples 100 --alphas 0.5 1 2 4 8 16 32}
+CWGAN_SAMPLES=${CWGAN_SAMPLES:-100}
+TEST_SAMPLES=${TEST_SAMPLES:-100}
+DIP_ITERATIONS=${DIP_ITERATIONS:-2000}
+DIP_TEST_IMAGES=${DIP_TEST_IMAGES:-4}
+RUNS=${RUNS:-outputs/gpu_session_runs}
+export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$RUNS"
+exec > >(tee "$OUT/session.log") 2>&1
+stamp() { echo "=== $(date +%T) $*"; }
+
+stamp "machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; nproc
+if [ "$ACCEL" = gpu ]; then
+    stamp "gpu tests of the device path"; python -m pytest -q -m gpu -p no:cacheprovider tests/test_device_simulation.py 2>&1 | tail -4
+fi
+
+stamp "training speed, old vs new path"
+python bench/train_speed.py $SPEED_ARGS --json "$OUT/train_speed.json" 2>&1 | grep -v Warning
+
+stamp "training: learned PD, learned GD, FBP + U-Net, cWGAN at once ($TRAIN_TIME each), TV beside them"
+common=(--config configs/logger/csv.yaml --trainer.accelerator="$ACCEL" --trainer.max_time="$TRAIN_TIME"
+        --trainer.enable_progress_bar=false --trainer.logger.init_args.save_dir="$RUNS/logs"
+        --model.init_args.results_dir="$RUNS/results")
+[ "$ACCEL" = cpu ] && common+=(--trainer.precision=32-true --data.init_args.test_length="$TEST_SAMPLES")
+pids=()  # a bare `wait` would also wait for the log's tee
+declare -A label=([learned_pd]="learned PD" [learned_gd]="learned GD" [fbp_unet]="FBP + U-Net" [cwgan]="cWGAN")
+for m in learned_pd learned_gd fbp_unet cwgan; do
+    python train.py fit --config configs/experiment/h200_9min_$m.yaml "${common[@]}" \
+        --model.init_args.method_name="${label[$m]} ($ACCEL, $TRAIN_TIME, 4 runs sharing it)" \
+        --trainer.default_root_dir="$RUNS/$m" --checkpoint.dirpath="$RUNS/$m/checkpoints" > "$RUNS/fit_$m.log" 2>&1 &
+    pids+=($!)
+done
+python bench/tv_ellipses.py $TV_ARGS --json "$OUT/tv_ellipses.json" > "$RUNS/tv.log" 2>&1 &
+pids+=($!)
+# DIP+TV: γ chosen on two validation images; one process per image (each runs every γ)
+for i in 0 1; do
+    python bench/dip_ellipses.py --split val --images "$i" --iterations "$DIP_ITERATIONS" --accelerator "$ACCEL" \
+        --json "$RUNS/dip_val$i.json" > "$RUNS/dip_val$i.log" 2>&1 &
+    pids+=($!)
+done
+for i in $(seq 0 $((DIP_TEST_IMAGES - 1))); do
+    python bench/dip_ellipses.py --split test --images "$i" --iterations "$DIP_ITERATIONS" --accelerator "$ACCEL" \
+        --json "$RUNS/dip_test$i.json" > "$RUNS/dip_test$i.log" 2>&1 &
+    pids+=($!)
+done
+wait "${pids[@]}"
+for m in learned_pd learned_gd fbp_unet cwgan; do stamp "fit $m"; grep -E "Error|Traceback|Time limit|max_steps" "$RUNS/fit_$m.log" | tail -5; done
+stamp "TV"; tail -12 "$RUNS/tv.log"
+stamp "DIP+TV"; python bench/dip_ellipses.py --merge "$RUNS"/dip_*.json --json "$OUT/dip_ellipses.json"
+
+stamp "tests on the first $TEST_SAMPLES test samples"
+pids=()
+for m in learned_pd learned_gd fbp_unet; do
+    python train.py test --config configs/experiment/h200_9min_$m.yaml "${common[@]}" --trainer.logger=false \
+        --ckpt_path "$RUNS/$m/checkpoints/last.ckpt" > "$RUNS/test_$m.log" 2>&1 &
+    pids+=($!)
+done
+python bench/cwgan_test.py "$RUNS/cwgan/checkpoints/last.ckpt" --samples "$CWGAN_SAMPLES" \
+    --test-samples "$TEST_SAMPLES" --json "$OUT/cwgan_test.json" > "$RUNS/cwgan_test.log" 2>&1 &
+pids+=($!)
+wait "${pids[@]}"
+for m in learned_pd learned_gd fbp_unet; do grep -E "Error|test/psnr" "$RUNS/test_$m.log" | tail -3; done
+tail -4 "$RUNS/cwgan_test.log"
+cp "$RUNS/results/results.md" "$OUT/results.md" 2>/dev/null; cat "$OUT/results.md" 2>/dev/null
+tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' -C "$RUNS" . 2>/dev/null
+stamp "done"
