@@ -6,20 +6,25 @@
 # cWGAN's calibration. Logs and tables land in $OUT (at most 8 files):
 #
 #   source .device/setup.sh && OUT=outputs/gpu_session bash bench/gpu_session.sh      # the H200
-#   ACCEL=cpu TRAIN_TIME=00:00:00:20 SPEED_ARGS="--device cpu --steps 1 --batch-size 2 --workers 1 --models LearnedGD" \
+#   source .device/setup.sh && MODELS=learned_pd TRAIN_TIME=00:00:08:00 SPEED=0 BASELINES=0 bash bench/gpu_session.sh
+#                                                  # one headline run alone (what the next GPU session should run)
+#   ACCEL=cpu TRAIN_TIME=00:00:00:20 SPEED_ARGS="--device cpu --steps 1 --warmup 1 --batch-size 2 --workers 1 --models LearnedGD" \
 #       TV_ARGS="--device cpu --iterations 5 --val-samples 2 --test-samples 2 --alphas 1 4" \
 #       CWGAN_SAMPLES=4 TEST_SAMPLES=4 DIP_ITERATIONS=5 DIP_TEST_IMAGES=1 bash bench/gpu_session.sh                          # a CPU dry run
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_session}
 ACCEL=${ACCEL:-gpu}
 TRAIN_TIME=${TRAIN_TIME:-00:00:04:15}
-SPEED_ARGS=${SPEED_ARGS:---device cuda --steps 20 --workers 12 --profile}
+SPEED_ARGS=${SPEED_ARGS:---device cuda --steps 100 --warmup 40 --workers 12 --profile}
 TV_ARGS=${TV_ARGS:---device cuda --iterations 1000 --val-samples 20 --test-samples 100 --alphas 0.5 1 2 4 8 16 32}
 CWGAN_SAMPLES=${CWGAN_SAMPLES:-100}
 TEST_SAMPLES=${TEST_SAMPLES:-100}
 DIP_ITERATIONS=${DIP_ITERATIONS:-2000}
 DIP_TEST_IMAGES=${DIP_TEST_IMAGES:-4}
 RUNS=${RUNS:-outputs/gpu_session_runs}
+MODELS=${MODELS:-learned_pd learned_gd fbp_unet cwgan}   # trained at once, sharing the GPU
+BASELINES=${BASELINES:-1}                                # TV and DIP+TV beside the trainings (0: skip)
+SPEED=${SPEED:-1}                                        # bench/train_speed.py first (0: skip)
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee "$OUT/session.log") 2>&1
@@ -30,22 +35,26 @@ if [ "$ACCEL" = gpu ]; then
     stamp "gpu tests of the device path"; python -m pytest -q -m gpu -p no:cacheprovider tests/test_device_simulation.py 2>&1 | tail -4
 fi
 
-stamp "training speed, old vs new path"
-python bench/train_speed.py $SPEED_ARGS --json "$OUT/train_speed.json" 2>&1 | grep -v Warning
+if [ "$SPEED" = 1 ]; then
+    stamp "training speed, old vs new path"
+    python bench/train_speed.py $SPEED_ARGS --json "$OUT/train_speed.json" 2>&1 | grep -v Warning
+fi
 
-stamp "training: learned PD, learned GD, FBP + U-Net, cWGAN at once ($TRAIN_TIME each), TV beside them"
+n_runs=$(echo $MODELS | wc -w)
+stamp "training: $MODELS at once ($TRAIN_TIME each)"
 common=(--config configs/logger/csv.yaml --trainer.accelerator="$ACCEL" --trainer.max_time="$TRAIN_TIME"
         --trainer.enable_progress_bar=false --trainer.logger.init_args.save_dir="$RUNS/logs"
         --model.init_args.results_dir="$RUNS/results")
 [ "$ACCEL" = cpu ] && common+=(--trainer.precision=32-true --data.init_args.test_length="$TEST_SAMPLES")
 pids=()  # a bare `wait` would also wait for the log's tee
 declare -A label=([learned_pd]="learned PD" [learned_gd]="learned GD" [fbp_unet]="FBP + U-Net" [cwgan]="cWGAN")
-for m in learned_pd learned_gd fbp_unet cwgan; do
+for m in $MODELS; do
     python train.py fit --config configs/experiment/h200_9min_$m.yaml "${common[@]}" \
-        --model.init_args.method_name="${label[$m]} ($ACCEL, $TRAIN_TIME, 4 runs sharing it)" \
+        --model.init_args.method_name="${label[$m]} ($ACCEL, $TRAIN_TIME, $n_runs run(s) sharing it)" \
         --trainer.default_root_dir="$RUNS/$m" --checkpoint.dirpath="$RUNS/$m/checkpoints" > "$RUNS/fit_$m.log" 2>&1 &
     pids+=($!)
 done
+if [ "$BASELINES" = 1 ]; then
 python bench/tv_ellipses.py $TV_ARGS --json "$OUT/tv_ellipses.json" > "$RUNS/tv.log" 2>&1 &
 pids+=($!)
 # DIP+TV: γ chosen on two validation images; one process per image (each runs every γ)
@@ -59,24 +68,30 @@ for i in $(seq 0 $((DIP_TEST_IMAGES - 1))); do
         --json "$RUNS/dip_test$i.json" > "$RUNS/dip_test$i.log" 2>&1 &
     pids+=($!)
 done
-wait "${pids[@]}"
-for m in learned_pd learned_gd fbp_unet cwgan; do stamp "fit $m"; grep -E "Error|Traceback|Time limit|max_steps" "$RUNS/fit_$m.log" | tail -5; done
-stamp "TV"; tail -12 "$RUNS/tv.log"
-stamp "DIP+TV"; python bench/dip_ellipses.py --merge "$RUNS"/dip_*.json --json "$OUT/dip_ellipses.json"
+fi
+[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+for m in $MODELS; do stamp "fit $m"; grep -E "Error|Traceback|Time limit|max_steps" "$RUNS/fit_$m.log" | tail -5; done
+if [ "$BASELINES" = 1 ]; then
+    stamp "TV"; tail -12 "$RUNS/tv.log"
+    stamp "DIP+TV"; python bench/dip_ellipses.py --merge "$RUNS"/dip_*.json --json "$OUT/dip_ellipses.json"
+fi
 
 stamp "tests on the first $TEST_SAMPLES test samples"
 pids=()
-for m in learned_pd learned_gd fbp_unet; do
+for m in $MODELS; do
+    [ "$m" = cwgan ] && continue
     python train.py test --config configs/experiment/h200_9min_$m.yaml "${common[@]}" --trainer.logger=false \
         --ckpt_path "$RUNS/$m/checkpoints/last.ckpt" > "$RUNS/test_$m.log" 2>&1 &
     pids+=($!)
 done
-python bench/cwgan_test.py "$RUNS/cwgan/checkpoints/last.ckpt" --samples "$CWGAN_SAMPLES" \
-    --test-samples "$TEST_SAMPLES" --json "$OUT/cwgan_test.json" > "$RUNS/cwgan_test.log" 2>&1 &
-pids+=($!)
-wait "${pids[@]}"
-for m in learned_pd learned_gd fbp_unet; do grep -E "Error|test/psnr" "$RUNS/test_$m.log" | tail -3; done
-tail -4 "$RUNS/cwgan_test.log"
+if [[ " $MODELS " == *" cwgan "* ]]; then
+    python bench/cwgan_test.py "$RUNS/cwgan/checkpoints/last.ckpt" --samples "$CWGAN_SAMPLES" \
+        --test-samples "$TEST_SAMPLES" --json "$OUT/cwgan_test.json" > "$RUNS/cwgan_test.log" 2>&1 &
+    pids+=($!)
+fi
+[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+for m in $MODELS; do [ -f "$RUNS/test_$m.log" ] && grep -E "Error|test/psnr" "$RUNS/test_$m.log" | tail -3; done
+[ -f "$RUNS/cwgan_test.log" ] && tail -4 "$RUNS/cwgan_test.log"
 cp "$RUNS/results/results.md" "$OUT/results.md" 2>/dev/null; cat "$OUT/results.md" 2>/dev/null
 tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' -C "$RUNS" . 2>/dev/null
 stamp "done"

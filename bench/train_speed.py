@@ -7,11 +7,14 @@
   ``new+cl`` adds channels-last weights.
 - ``model``: the new settings on one fixed batch already on the device (the model alone).
 
-One step = next batch (simulated, moved), forward, MSE loss, backward, Adam update. Prints a
-markdown table (steps/s and the new/old ratio, measured in this one run) and writes JSON; with
-``--profile`` adds the top CUDA kernels of one learned-PD step.
+One step = next batch (simulated, moved), forward, MSE loss, backward, Adam update. The first
+``--warmup`` steps are not timed; they must drain the batches the old path's workers prefetch
+(2 per worker) or the old path is timed on prefetched data (the 2026-11-28 H200 run used 5 warm-up
+and 20 timed steps with 12 workers: its "old" figures are inflated, see docs/benchmarks.md).
+Prints a markdown table (steps/s and the new/old ratio, measured in this one run) and writes
+JSON; with ``--profile`` adds the top CUDA kernels of one learned-PD step.
 
-    python bench/train_speed.py --device cuda --steps 40 --workers 14
+    python bench/train_speed.py --device cuda --steps 150 --warmup 40 --workers 14
     python bench/train_speed.py --device cpu --steps 3 --batch-size 4 --preset ellipses-small --workers 1
 """
 from __future__ import annotations
@@ -44,7 +47,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model, stream, steps: int, device: torch.device, bf16: bool, warmup: int = 5) -> float:
+def time_steps(model, stream, steps: int, device: torch.device, bf16: bool, warmup: int) -> float:
     """Optimiser steps per second over ``steps`` steps after ``warmup``."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -83,7 +86,7 @@ def profile_step(data, device, steps: int = 3) -> list:
 
     model = build("LearnedPD", data, device, channels_last=True, checked=False)
     stream = batches(data, device)
-    time_steps(model, stream, 2, device, bf16=True, warmup=3)
+    time_steps(model, stream, 2, device, bf16=True, warmup=5)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         time_steps(model, stream, steps, device, bf16=True, warmup=0)
     events = [e for e in prof.key_averages() if e.device_time_total > 0 and e.key and not e.key.startswith("ProfilerStep")]
@@ -99,7 +102,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="ellipses-30")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=40, help="untimed steps first (> 2 × workers)")
     parser.add_argument("--workers", type=int, default=14, help="DataLoader workers of the old path")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--profile", action="store_true")
@@ -118,16 +122,18 @@ def main(argv=None):
     for name in args.models:
         row = {"model": name}
         torch.backends.cudnn.benchmark = False
-        row["old"] = time_steps(build(name, old_data, device, False, True), batches(old_data, device), args.steps,
-                                device, bf16=False)
+        timing = dict(steps=args.steps, device=device, warmup=args.warmup)
+        row["old"] = time_steps(build(name, old_data, device, False, True), batches(old_data, device), bf16=False,
+                                **timing)
         torch.backends.cudnn.benchmark = device.type == "cuda"
-        row["new"] = time_steps(build(name, new_data, device, False, False), batches(new_data, device), args.steps,
-                                device, bf16=device.type == "cuda")
-        row["new+cl"] = time_steps(build(name, new_data, device, True, False), batches(new_data, device), args.steps,
-                                   device, bf16=device.type == "cuda")
+        bf16 = device.type == "cuda"
+        row["new"] = time_steps(build(name, new_data, device, False, False), batches(new_data, device), bf16=bf16,
+                                **timing)
+        row["new+cl"] = time_steps(build(name, new_data, device, True, False), batches(new_data, device), bf16=bf16,
+                                   **timing)
         fixed = next(batches(new_data, device))
         row["model_only"] = time_steps(build(name, new_data, device, True, False), iter(lambda: fixed, None),
-                                       args.steps, device, bf16=device.type == "cuda")
+                                       bf16=bf16, **timing)
         row["speedup"] = max(row["new"], row["new+cl"]) / row["old"]
         rows.append(row)
         print(f"{name}: {row}", flush=True)
@@ -151,7 +157,8 @@ def main(argv=None):
         print(f"| {r['model']} | {r['old']:.1f} | {r['new']:.1f} | {r['new+cl']:.1f} | {r['model_only']:.1f} | "
               f"{r['speedup']:.2f}× |")
     print(f"device simulation alone: {device_rate:.0f} samples/s")
-    result = dict(machine=machine, preset=args.preset, batch=args.batch_size, steps=args.steps, workers=args.workers,
+    result = dict(machine=machine, preset=args.preset, batch=args.batch_size, steps=args.steps, warmup=args.warmup,
+                  workers=args.workers,
                   models=rows, device_simulation_samples_per_second=device_rate)
     if args.profile and device.type == "cuda":
         result["profile_learned_pd"] = profile_step(new_data, device)

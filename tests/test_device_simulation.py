@@ -14,14 +14,16 @@ def _compare(device: str):
     reference = [clean[int(i)] for i in indices]
     truth = torch.stack([r["ground_truth"] for r in reference]).to(device)
     noiseless = torch.stack([r["measurement"] for r in reference]).to(device)
-    # same phantoms except pixels whose centre lies on an ellipse border (float rounding)
-    assert float(((batch["ground_truth"] - truth).abs() > 1e-5).float().mean()) < 2e-3
+    # same phantoms except pixels whose centre lies on an ellipse border (float rounding; on a GPU
+    # fused multiply-adds round differently, and a flipped pixel may move an image's normalisation)
+    assert float((batch["ground_truth"] - truth).abs().mean()) < 5e-3
     # the noise is the preset's 2.5 % of mean |y| around the same noiseless sinogram
     level = (batch["measurement"] - noiseless).flatten(1).std(dim=1) / noiseless.flatten(1).abs().mean(dim=1)
     assert torch.all((level > 0.02) & (level < 0.03))
     assert batch["fbp"].shape == truth.shape and torch.equal(batch["index"].cpu(), indices)
     again = data.transfer_batch_to_device(indices, torch.device(device), 0)
-    assert torch.equal(again["measurement"], batch["measurement"])  # noise seeded by (seed, index)
+    # noise seeded by (seed, index); cuSPARSE's products are not bitwise deterministic on a GPU
+    torch.testing.assert_close(again["measurement"], batch["measurement"], rtol=1e-5, atol=1e-4)
 
 
 def test_device_simulation_matches_cpu_path_on_cpu():

@@ -105,6 +105,8 @@ class SimulatedCTDataModule(SplitDataModule):
         simulate_on: ``"cpu"`` (DataLoader workers) or ``"device"``: training pairs simulated on the
             accelerator from the loader's index batches (``DeviceEllipsesSimulator``; no workers, for
             GPU training); validation and test always use the CPU path.
+        cache_samples: keep simulated samples in memory per process (``EllipsesDataset(cache=True)``):
+            for short splits on the CPU; use with persistent workers (the default when workers > 0).
         disk_support: phantoms only inside the inscribed disk (EDIP pre-training for real scans).
         object_outlines: each phantom cut to a random elliptical outline, an object in air (EDIP
             pre-training for a sample smaller than the field of view).
@@ -132,6 +134,7 @@ class SimulatedCTDataModule(SplitDataModule):
         num_workers: int = 0,
         backend: str = "auto",
         simulate_on: str = "cpu",
+        cache_samples: bool = False,
         disk_support: bool = False,
         object_outlines: bool = False,
     ):
@@ -169,7 +172,7 @@ class SimulatedCTDataModule(SplitDataModule):
             noise_stream=base["noise_stream"], simulation_size=None if same_grid else simulation_shape,
             simulation_factor=simulation_factor, fbp_filter=fbp_filter,
             fbp_frequency_scaling=fbp_frequency_scaling, backend=backend, disk_support=disk_support,
-            object_outlines=object_outlines,
+            object_outlines=object_outlines, cache=cache_samples,
         )
         self.datasets: Dict[str, EllipsesDataset] = {}
         self.simulate_on = simulate_on

@@ -76,6 +76,8 @@ class EllipsesDataset(Dataset):
             the index): a sample surrounded by air, as on a rotation stage, instead of a field of
             view filled to its edge.
         backend: ray-transform backend (operators are built lazily, per worker).
+        cache: keep every simulated sample in memory (per process): later epochs over a short
+            split cost nothing (CPU training of small presets; ~45 kB per 64² sample).
 
     Each item is a dict of float32 tensors ``ground_truth (1, H, W)``, ``measurement (1, A, D)``,
     ``fbp (1, H, W)`` and the integer ``index``.
@@ -99,6 +101,7 @@ class EllipsesDataset(Dataset):
         backend: str = "auto",
         disk_support: bool = False,
         object_outlines: bool = False,
+        cache: bool = False,
     ):
         self.geometry = geometry_from_dict(geometry)
         if not isinstance(self.geometry, Geometry2D):
@@ -134,6 +137,8 @@ class EllipsesDataset(Dataset):
         self.fbp_settings = dict(filter_type=fbp_filter, frequency_scaling=fbp_frequency_scaling)
         self._params: Optional[np.ndarray] = None
         self._ops: Dict[str, torch.nn.Module] = {}
+        self.cache = cache
+        self._samples: Dict[int, dict] = {}
 
     def __len__(self) -> int:
         return self.length
@@ -169,6 +174,7 @@ class EllipsesDataset(Dataset):
         state = self.__dict__.copy()
         state["_ops"] = {}
         state["_params"] = None
+        state["_samples"] = {}
         return state
 
     # -- samples -----------------------------------------------------------------------------
@@ -202,6 +208,15 @@ class EllipsesDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
+        if index not in self._samples:
+            sample = self.simulate(index)
+            if not self.cache:
+                return sample
+            self._samples[index] = sample
+        return self._samples[index]
+
+    def simulate(self, index: int) -> dict:
+        """Sample ``index`` computed afresh (``__getitem__`` may return a cached copy)."""
         raster = self.phantom(index)
         truth = F.avg_pool2d(raster[None], self.simulation_factor)[0] if self.simulation_factor > 1 else raster
         simulated = self._op("upsample")(raster) if self.simulation_size is not None else raster
