@@ -47,9 +47,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model, stream, steps: int, device: torch.device, bf16: bool, warmup: int) -> float:
+def time_steps(model, stream, steps: int, device: torch.device, bf16: bool, warmup: int, fused: bool = False) -> float:
     """Optimiser steps per second over ``steps`` steps after ``warmup``."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step():
@@ -131,10 +131,12 @@ def main(argv=None):
                                 **timing)
         row["new+cl"] = time_steps(build(name, new_data, device, True, False), batches(new_data, device), bf16=bf16,
                                    **timing)
+        row["new+cl+fused"] = time_steps(build(name, new_data, device, True, False), batches(new_data, device),
+                                         bf16=bf16, fused=device.type == "cuda", **timing)
         fixed = next(batches(new_data, device))
         row["model_only"] = time_steps(build(name, new_data, device, True, False), iter(lambda: fixed, None),
                                        bf16=bf16, **timing)
-        row["speedup"] = max(row["new"], row["new+cl"]) / row["old"]
+        row["speedup"] = max(row["new"], row["new+cl"], row["new+cl+fused"]) / row["old"]
         rows.append(row)
         print(f"{name}: {row}", flush=True)
 
@@ -152,10 +154,11 @@ def main(argv=None):
                    platform.processor() or platform.machine(), cpu_threads=torch.get_num_threads(), torch=torch.__version__)
     print(f"\n{args.preset}, batch {args.batch_size}, data included, on {machine['device']} "
           f"(old: {args.workers} CPU workers, float32; new: device simulation, bf16)")
-    print("| model | old steps/s | new steps/s | new + channels-last | model alone | new / old |\n|---|---|---|---|---|---|")
+    print("| model | old steps/s | new steps/s | new + channels-last | + fused AdamW | model alone | best new / old |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['old']:.1f} | {r['new']:.1f} | {r['new+cl']:.1f} | {r['model_only']:.1f} | "
-              f"{r['speedup']:.2f}× |")
+        print(f"| {r['model']} | {r['old']:.1f} | {r['new']:.1f} | {r['new+cl']:.1f} | {r['new+cl+fused']:.1f} | "
+              f"{r['model_only']:.1f} | {r['speedup']:.2f}× |")
     print(f"device simulation alone: {device_rate:.0f} samples/s")
     result = dict(machine=machine, preset=args.preset, batch=args.batch_size, steps=args.steps, warmup=args.warmup,
                   workers=args.workers,

@@ -1,7 +1,8 @@
 """TV-PDHG on ellipses-30: α tuned on validation data, PSNR/SSIM on the first test samples.
 
 α is the grid value with the best mean validation PSNR (per-image data range); the test split
-is the preset's fixed one (phantom seed 1, noise seed 1001), so every run sees the same images.
+is the preset's fixed one (dival's standard: phantom seed 1, dival's noise stream of seed 3), so every run
+sees the same images.
 FBP (the data module's Hann, 0.5) on the same images is reported alongside. Prints a markdown
 table and writes JSON.
 
