@@ -141,24 +141,41 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--logger", choices=["wandb", "csv", "none"], default="csv")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--angle-unit", choices=["auto", "radians", "degrees"], default="auto",
+                        help="unit of an .npz file's angles (auto: values beyond 2π are degrees)")
     parser.add_argument("--out", default="outputs/finetune")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an input error")
     opts = parser.parse_args(args)
 
+    def fail(message: str):
+        parser.exit(2, f"finetune.py: error: {message}\n")
+
+    problems = _finetune_argument_problems(opts)
+    if problems:
+        fail("; ".join(problems))
+    try:  # every input is read and checked before any folder is created or any work starts
+        offset = opts.center_offset if opts.center_offset == "auto" else float(opts.center_offset)
+        if opts.input.endswith((".h5", ".hdf5")):
+            scan = load_data_exchange(opts.input, opts.slice, opts.angle_step, opts.binning, offset,
+                                      num_angles=opts.num_angles)
+        else:
+            scan = load_sinogram(opts.input, 0.0 if offset == "auto" else offset, angle_unit=opts.angle_unit,
+                                 angle_step=opts.angle_step)
+        reference = None
+        if opts.reference == "full-fbp":
+            full = load_data_exchange(opts.input, opts.slice, 1, opts.binning, offset)
+            reference = FBP(full.geometry, "Hann", 1.0)(torch.from_numpy(full.data)[None, None])[0, 0]
+        elif opts.reference:
+            reference = torch.from_numpy(np.load(opts.reference).astype(np.float32))
+    except (ValueError, OSError) as error:
+        if opts.debug:
+            raise
+        fail(str(error))
+    if reference is not None and tuple(reference.shape) != tuple(scan.geometry.image_shape):
+        fail(f"--reference has shape {tuple(reference.shape)}, the reconstruction {tuple(scan.geometry.image_shape)}")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    offset = opts.center_offset if opts.center_offset == "auto" else float(opts.center_offset)
-    if opts.input.endswith((".h5", ".hdf5")):
-        scan = load_data_exchange(opts.input, opts.slice, opts.angle_step, opts.binning, offset,
-                                  num_angles=opts.num_angles)
-    else:
-        scan = load_sinogram(opts.input, 0.0 if offset == "auto" else offset)
     y = torch.from_numpy(scan.data)[None, None]
-    reference = None
-    if opts.reference == "full-fbp":
-        full = load_data_exchange(opts.input, opts.slice, 1, opts.binning, offset)
-        reference = FBP(full.geometry, "Hann", 1.0)(torch.from_numpy(full.data)[None, None])[0, 0]
-    elif opts.reference:
-        reference = torch.from_numpy(np.load(opts.reference).astype(np.float32))
 
     L.seed_everything(opts.seed, verbose=False)
     model = DeepImagePrior(scan.geometry.to_dict(), channels=(opts.channels,) * opts.scales,
@@ -195,6 +212,42 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def _finetune_argument_problems(opts) -> List[str]:
+    """What is wrong with ``finetune.py``'s arguments, before anything is read or written."""
+    from pathlib import Path
+
+    problems = []
+    source = Path(opts.input)
+    if not source.is_file():
+        problems.append(f"no such input file: {opts.input}")
+    elif source.suffix not in (".h5", ".hdf5", ".npz", ".npy"):
+        problems.append(f"the input must be .h5/.hdf5, .npz or .npy, got {source.name}")
+    at_least = {"--angle-step": (opts.angle_step, 1), "--binning": (opts.binning, 1), "--iterations": (opts.iterations, 1),
+                "--channels": (opts.channels, 1), "--scales": (opts.scales, 1), "--slice": (opts.slice, 0),
+                "--lr-warmup": (opts.lr_warmup, 0), "--early-stop-window": (opts.early_stop_window, 0),
+                "--early-stop-patience": (opts.early_stop_patience, 1), "--snapshot-every": (opts.snapshot_every, 0)}
+    if opts.num_angles is not None:
+        at_least["--num-angles"] = (opts.num_angles, 1)
+    problems += [f"{name} must be >= {low}, got {value}" for name, (value, low) in at_least.items() if value < low]
+    for name, value in (("--lr", opts.lr), ("--photons", opts.photons)):
+        if not value > 0:
+            problems.append(f"{name} must be > 0, got {value}")
+    if opts.tv_weight < 0:
+        problems.append(f"--tv-weight must be >= 0, got {opts.tv_weight}")
+    if opts.center_offset != "auto":
+        try:
+            float(opts.center_offset)
+        except ValueError:
+            problems.append(f"--center-offset must be a number of pixels or 'auto', got {opts.center_offset!r}")
+    if opts.init != "random" and not Path(opts.init).is_file():
+        problems.append(f"--init must be 'random' or a checkpoint file, got {opts.init!r}")
+    if opts.reference == "full-fbp" and source.suffix not in (".h5", ".hdf5"):
+        problems.append("--reference full-fbp needs an .h5 scan (all its angles)")
+    elif opts.reference not in (None, "full-fbp") and not Path(opts.reference).is_file():
+        problems.append(f"--reference must be 'full-fbp' or an .npy image file, got {opts.reference!r}")
+    return problems
 
 
 def _save_finetune_outputs(out, best, fbp, reference, losses) -> dict:

@@ -7,6 +7,8 @@ The result carries a :class:`~lightning_recon.physics.ParallelBeam2D` in detecto
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -102,6 +104,10 @@ def load_data_exchange(
     """
     import h5py
 
+    if angle_step < 1:
+        raise ValueError(f"angle_step must be >= 1, got {angle_step}")
+    if binning < 1:
+        raise ValueError(f"binning must be >= 1, got {binning}")
     path = Path(path)
     if not path.exists():
         raise ValueError(f"no such file: {path}")
@@ -119,6 +125,8 @@ def load_data_exchange(
             raise ValueError(f"data, white and dark must be (frames, rows, columns), got {data.shape}, {white.shape}, {dark.shape}")
         if theta.shape != (data.shape[0],):
             raise ValueError(f"{theta.size} angles in exchange/theta for {data.shape[0]} projections")
+        if binning > data.shape[2]:
+            raise ValueError(f"binning {binning} exceeds the {data.shape[2]} detector columns")
         if not 0 <= slice_index < data.shape[1]:
             raise ValueError(f"slice_index {slice_index} outside the {data.shape[1]} detector rows")
         if white.shape[1:] != data.shape[1:] or dark.shape[1:] != data.shape[1:]:
@@ -150,16 +158,40 @@ def _geometry_for(n_det: int, angles: np.ndarray, center_offset: float) -> Paral
     )
 
 
-def load_sinogram(path: Union[str, Path], center_offset: float = 0.0) -> Sinogram:
-    """A ``.npz`` with ``sinogram (A, D)`` and ``angles (A,)`` (radians), or a ``.npy`` sinogram over
-    [0, π) at uniform angles."""
+ANGLE_UNITS = ("auto", "radians", "degrees")
+
+
+def angles_in_radians(angles: np.ndarray, unit: str = "auto", what: str = "angles") -> np.ndarray:
+    """``angles`` converted to radians. ``unit="auto"`` reads values beyond 2π as degrees (and
+    says so); a half-turn scan in degrees (0…180) can never pass for radians, but a scan of less
+    than 6.3° in degrees could: declare ``unit`` for those."""
+    if unit not in ANGLE_UNITS:
+        raise ValueError(f"angle unit must be one of {ANGLE_UNITS}, got {unit!r}")
+    if unit == "degrees":
+        return np.deg2rad(angles)
+    if unit == "auto" and angles.size and float(np.abs(angles).max()) > 2 * np.pi + 1e-6:
+        warnings.warn(f"{what} exceed 2π: read as degrees (declare the unit to silence this)", stacklevel=3)
+        return np.deg2rad(angles)
+    return angles
+
+
+def load_sinogram(path: Union[str, Path], center_offset: float = 0.0, angle_unit: str = "auto",
+                  angle_step: int = 1) -> Sinogram:
+    """A ``.npz`` with ``sinogram (A, D)`` and ``angles (A,)`` (``angle_unit``: radians, degrees or
+    ``auto``, see ``angles_in_radians``), or a ``.npy`` sinogram over [0, π) at uniform angles;
+    every ``angle_step``-th row kept."""
+    if angle_step < 1:
+        raise ValueError(f"angle_step must be >= 1, got {angle_step}")
     path = Path(path)
     if path.suffix == ".npz":
         with np.load(path) as f:
             if "sinogram" not in f:
                 raise ValueError(f"{path} has no 'sinogram' array (found {sorted(f.files)})")
+            if "angles" not in f:
+                raise ValueError(f"{path} has no 'angles' array (found {sorted(f.files)}); save the angles of "
+                                 "the sinogram rows, or save the sinogram alone as .npy for uniform angles over [0, π)")
             data = np.asarray(f["sinogram"], dtype=np.float32)
-            angles = np.asarray(f["angles"], dtype=np.float64) if "angles" in f else None
+            angles = np.asarray(f["angles"], dtype=np.float64)
     elif path.suffix == ".npy":
         data, angles = np.asarray(np.load(path), dtype=np.float32), None
     else:
@@ -172,4 +204,6 @@ def load_sinogram(path: Union[str, Path], center_offset: float = 0.0) -> Sinogra
         raise ValueError(f"{angles.size} angles for {data.shape[0]} sinogram rows")
     _finite(f"{path.name} sinogram", data)
     _finite(f"{path.name} angles", angles)
+    angles = angles_in_radians(angles, angle_unit, f"{path.name} angles")
+    data, angles = data[::angle_step], angles[::angle_step]
     return Sinogram(data, angles, _geometry_for(data.shape[1], angles, center_offset))

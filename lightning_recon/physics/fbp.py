@@ -105,6 +105,8 @@ class FBP(nn.Module):
         if not isinstance(y, torch.Tensor) or y.dim() != 4 or tuple(y.shape[-2:]) != expected:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"sinogram must have shape (B, C, {expected[0]}, {expected[1]}), got {got}")
+        if y.numel() == 0:  # an empty batch: no FFT of zero signals
+            return y.new_zeros(*y.shape[:2], *self.geometry.image_shape)
         return self.ray_transform.apply_adjoint(self.filter_sinogram(y))
 
     def extra_repr(self) -> str:

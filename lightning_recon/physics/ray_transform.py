@@ -416,6 +416,8 @@ class RayTransform(nn.Module):
         lead = t.shape[:-len(self.range_shape if transpose else self.domain_shape)]
         out_shape = self.domain_shape if transpose else self.range_shape
         flat = t.reshape(-1, *t.shape[len(lead):])
+        if flat.shape[0] == 0:  # an empty batch maps to an empty batch, on every backend
+            return t.new_zeros(*lead, *out_shape)
         impl = self._impl(t.device)
         out = impl.adjoint(flat, out_shape) if transpose else impl.forward(flat, out_shape)
         return out.reshape(*lead, *out_shape)
