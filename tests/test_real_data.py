@@ -82,3 +82,36 @@ def test_tooth_scan_loads_and_the_estimated_centre_sharpens_fbp():
         negative_mass[name] = float((-x.clamp_max(0)).sum())
     assert negative_mass["estimated"] < 0.5 * negative_mass["centre"]  # wrong centres give doubled edges
 
+
+
+def _rewrite(path, key, transform):
+    with h5py.File(path, "a") as f:
+        value = transform(f[key][...])
+        del f[key]
+        f[key] = value
+
+
+@pytest.mark.parametrize("key, transform, message", [
+    ("exchange/data_white", np.zeros_like, "flat fields are not above the dark"),
+    ("exchange/data_white", lambda w: np.full_like(w, 100.0), "flat fields are not above the dark"),
+    ("exchange/data", np.zeros_like, "no signal above the dark"),
+])
+def test_bad_flats_darks_and_projections_are_refused_by_name(tmp_path, key, transform, message):
+    path = write_scan(tmp_path / "s.h5")
+    _rewrite(path, key, transform)
+    with pytest.raises(ValueError, match=message):
+        load_data_exchange(path, center_offset=None)
+
+
+def test_dead_flat_pixels_are_repaired_with_a_warning(tmp_path):
+    good = load_data_exchange(write_scan(tmp_path / "good.h5"), center_offset=None).data
+    path = write_scan(tmp_path / "dead.h5")
+
+    def kill(white):
+        white[:, :, [10, 40]] = 100.0  # flat = dark: these columns would be zero
+        return white
+
+    _rewrite(path, "exchange/data_white", kill)
+    with pytest.warns(UserWarning, match=r"2 dead flat-field pixel\(s\) \(columns \[10, 40\]\)"):
+        repaired = load_data_exchange(path, center_offset=None).data
+    assert np.abs(repaired - good).max() < 0.05  # interpolated from neighbours of a smooth disk

@@ -136,7 +136,7 @@ def load_data_exchange(
         dark_mean = _finite("exchange/data_dark", np.asarray(dark[:, slice_index, :], dtype=np.float64)).mean(0)
     _finite("exchange/theta", theta)
     angles = np.deg2rad(theta) if np.abs(theta).max() > 2 * np.pi + 1e-6 else theta
-    transmission = (projections - dark_mean) / np.maximum(flat - dark_mean, 1e-6)
+    transmission = flat_field_correct(projections, flat, dark_mean, path.name)
     sinogram = -np.log(np.clip(transmission, min_transmission, 1.0))
     sinogram = _bin(sinogram, binning)
     if center_offset == "auto":
@@ -147,6 +147,36 @@ def load_data_exchange(
         keep = evenly_spaced_half_turn(angles, num_angles)
         sinogram, angles = sinogram[keep], angles[keep]
     return Sinogram(sinogram.astype(np.float32), angles, _geometry_for(sinogram.shape[1], angles, offset))
+
+
+def flat_field_correct(projections: np.ndarray, flat: np.ndarray, dark: np.ndarray, name: str = "scan",
+                       dead_fraction: float = 0.05) -> np.ndarray:
+    """Transmission ``(projections − dark) / (flat − dark)`` of one detector row ``(angles, columns)``.
+
+    Refuses what would only give garbage: flats not above the darks anywhere (all-zero flats, or
+    flat = dark), and projections without signal above the dark. Dead flat pixels (flat − dark
+    below ``dead_fraction`` of its median: they would zero or blow up their columns, ring
+    artefacts) are repaired by linear interpolation from the neighbouring good columns, with a
+    warning naming how many.
+    """
+    gain = flat - dark
+    if not np.any(gain > 0):
+        raise ValueError(f"{name}: the flat fields are not above the dark fields anywhere in this row "
+                         f"(flat − dark max {gain.max():.3g}): all-zero flats, or flats equal to the darks?")
+    if not np.any(projections > dark):
+        raise ValueError(f"{name}: the projections have no signal above the dark field in this row "
+                         f"(all-zero or all-dark projections)")
+    dead = gain <= dead_fraction * np.median(gain[gain > 0])
+    if dead.all() or dead.sum() > 0.5 * dead.size:
+        raise ValueError(f"{name}: {int(dead.sum())} of {dead.size} flat-field pixels are dead (flat ≈ dark)")
+    transmission = (projections - dark) / np.where(dead, 1.0, gain)
+    if dead.any():
+        columns = np.arange(gain.size)
+        for row in transmission:
+            row[dead] = np.interp(columns[dead], columns[~dead], row[~dead])
+        warnings.warn(f"{name}: {int(dead.sum())} dead flat-field pixel(s) (columns {columns[dead][:8].tolist()}"
+                      f"{'…' if dead.sum() > 8 else ''}) repaired by interpolation from their neighbours", stacklevel=3)
+    return transmission
 
 
 def _geometry_for(n_det: int, angles: np.ndarray, center_offset: float) -> ParallelBeam2D:
