@@ -198,7 +198,9 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
         logger = False
     trainer = L.Trainer(max_steps=opts.iterations, accelerator=opts.accelerator, devices=1, logger=logger,
                         enable_checkpointing=False, log_every_n_steps=10, default_root_dir=str(out))
-    trainer.fit(model, RepeatedMeasurement(y[0], opts.iterations).loader())
+    interrupted = _fit_saving_on_interrupt(trainer, model, RepeatedMeasurement(y[0], opts.iterations).loader())
+    if model.reconstruction is None:
+        parser.exit(130, "finetune.py: interrupted before the first iteration; nothing to save\n")
 
     result = model.reconstruction[0, 0].cpu()
     fbp = model.fbp(y)[0, 0]
@@ -208,10 +210,33 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
                    else "lowest loss",
                    moving_variance_minimum_at=model.early_stop_iteration,
                    input=opts.input,
-                   sinogram_shape=list(scan.data.shape))
+                   sinogram_shape=list(scan.data.shape), interrupted=interrupted)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    if interrupted:
+        parser.exit(130, f"finetune.py: interrupted after {len(model.losses)} iterations; the best iterate so far "
+                         f"is saved in {out}\n")
     return summary
+
+
+def _fit_saving_on_interrupt(trainer, model, loader) -> bool:
+    """``trainer.fit``; Ctrl-C or SIGTERM stops it early instead of losing the run. True if interrupted."""
+    import signal
+    import threading
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
+    try:
+        trainer.fit(model, loader)
+        return bool(trainer.interrupted)
+    except (KeyboardInterrupt, SystemExit):  # Lightning ends a Ctrl-C with SystemExit after its own clean-up
+        return True
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _finetune_argument_problems(opts) -> List[str]:

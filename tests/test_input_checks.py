@@ -86,3 +86,29 @@ def test_empty_batches_give_empty_results(backend):
     assert A(torch.zeros(0, 1, 16, 16)).shape == (0, 1, 8, geometry.n_detector)
     assert A.adjoint(torch.zeros(0, 1, 8, geometry.n_detector)).shape == (0, 1, 16, 16)
     assert FBP(geometry)(torch.zeros(0, 1, 8, geometry.n_detector)).shape == (0, 1, 16, 16)
+
+
+def test_sigterm_during_finetuning_saves_the_best_iterate(tmp_path):
+    import signal
+    import time
+
+    geometry = ParallelBeam2D((24, 24), num_angles=12, num_detector_pixels=24, detector_extent=24.0)
+    truth = torch.zeros(1, 1, 24, 24)
+    truth[..., 6:18, 8:16] = 1.0
+    sinogram = RayTransform(geometry)(truth)[0, 0].numpy()
+    np.savez(tmp_path / "s.npz", sinogram=sinogram, angles=geometry.angle_array)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(ROOT / "finetune.py"), str(tmp_path / "s.npz"), "--iterations",
+                                "100000", "--channels", "8", "--scales", "3", "--accelerator", "cpu", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("logs/*/metrics.csv")):  # iterations are running
+        time.sleep(0.5)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted after" in err
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and 0 < summary["iterations"] < 100000
+    assert np.load(out / "recon.npy").shape == (24, 24) and (out / "preview.png").exists()
