@@ -122,3 +122,21 @@ def test_classical_baselines_tune_on_validation_and_join_the_table(baseline, ext
     else:
         assert tuned.alpha in (0.1, 3.0)
     assert cli.model.method_name in (results / "results.md").read_text()
+
+
+def test_wandb_falls_back_to_offline_within_seconds_when_the_server_is_unreachable(monkeypatch):
+    import time
+
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # credentials present
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there (loopback only)
+    for mode in (None, "online"):
+        if mode:
+            monkeypatch.setenv("WANDB_MODE", mode)
+        else:
+            monkeypatch.delenv("WANDB_MODE", raising=False)
+        start = time.perf_counter()
+        with pytest.warns(UserWarning, match="W&B server unreachable"):
+            assert default_wandb_mode() == "offline"
+        assert time.perf_counter() - start < 5
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert default_wandb_mode() == "offline"
