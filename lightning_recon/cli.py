@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 
+from .checkpointing import AtomicCheckpointIO
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels
 
 __all__ = ["ReconCLI", "cli_main", "default_wandb_mode"]
@@ -113,7 +114,8 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
         subclass_mode_data=True,
         save_config_callback=LoggedSaveConfig,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")], "default_root_dir": "outputs"},
+        trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")], "default_root_dir": "outputs",
+                          "plugins": [AtomicCheckpointIO()]},
         args=args,
         run=run,
     )

@@ -1,0 +1,72 @@
+"""Checkpoints that cannot rot: written atomically on any filesystem, reported by path when unreadable.
+
+Lightning writes a checkpoint into a temporary file and moves it over the old one; when the
+temporary file lives on another filesystem (tmpfs ``/tmp``, cluster scratch, NFS) the move becomes
+a copy over the existing ``last.ckpt``, and a kill during it leaves a truncated file with the good
+one already gone. ``AtomicCheckpointIO`` writes the new checkpoint beside its target, flushes it to
+disk and renames it into place: until the rename the previous checkpoint is intact, after it the
+new one is complete. A temporary file left by a killed run is removed at the next save. Loading a
+truncated or corrupt checkpoint names the file and the way out.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable"]
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class CheckpointUnreadable(RuntimeError):
+    """A checkpoint file that exists but cannot be read (truncated, corrupt, not a checkpoint)."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``<name>.partial`` in the target folder, ``fsync``, ``os.replace`` (local paths)."""
+
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
+        target = Path(path)
+        if "://" in str(path):  # remote filesystems: Lightning's own writer
+            return super().save_checkpoint(checkpoint, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f"*{PARTIAL_SUFFIX}"):  # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
+        partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        try:
+            with open(partial, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, target)  # atomic within the folder's filesystem
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable
+            folder = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError:
+            pass
+
+    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # truncated zip, not a checkpoint, a pickle weights_only refuses
+            folder = Path(path).parent
+            others = sorted(p.name for p in folder.glob("*.ckpt") if p.name != Path(path).name)
+            hint = (f"resume from another checkpoint in {folder} ({', '.join(others[:4])})" if others
+                    else "start the run again")
+            raise CheckpointUnreadable(f"checkpoint {path} is unreadable ({type(error).__name__}: "
+                                       f"{str(error).splitlines()[0][:200]}); it may be truncated: {hint}") from None
