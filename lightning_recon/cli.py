@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpointing import AtomicCheckpointIO
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels
@@ -98,6 +99,13 @@ class ReconCLI(LightningCLI):
         # simulated CT data unless a config names another data module (light field, sparse coding)
         parser.set_defaults({"data": {"class_path": "lightning_recon.data.SimulatedCTDataModule"}})
 
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, writing checkpoints atomically unless a config chose another checkpoint IO."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
     def before_instantiate_classes(self) -> None:
         os.environ["WANDB_MODE"] = default_wandb_mode()
         # TF32 for float32 matrix products on GPUs that have it (convolutions already use it by
@@ -114,8 +122,7 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
         subclass_mode_data=True,
         save_config_callback=LoggedSaveConfig,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")], "default_root_dir": "outputs",
-                          "plugins": [AtomicCheckpointIO()]},
+        trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")], "default_root_dir": "outputs"},
         args=args,
         run=run,
     )

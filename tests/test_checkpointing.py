@@ -39,3 +39,17 @@ def test_a_truncated_checkpoint_names_its_path_and_the_way_out(tmp_path):
         io.load_checkpoint(last)
     with pytest.raises(FileNotFoundError):
         io.load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_train_py_writes_checkpoints_through_the_atomic_writer(tmp_path, monkeypatch):
+    from lightning_recon.cli import cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli = cli_main(["fit", "--data.init_args.preset=ellipses-small", "--data.init_args.image_size=16",
+                    "--data.init_args.num_angles=6", "--data.init_args.train_length=4", "--data.init_args.val_length=2",
+                    "--data.init_args.batch_size=2", "--model=lightning_recon.methods.FBPUNet",
+                    "--model.init_args.channels=[4,4]", "--trainer.max_steps=2", "--trainer.accelerator=cpu",
+                    "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                    f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}"])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert (tmp_path / "ckpt" / "last.ckpt").exists() and not list((tmp_path / "ckpt").glob("*.partial"))
