@@ -14,12 +14,15 @@ from __future__ import annotations
 import netrc
 import os
 import socket
+import sys
 import warnings
+from pathlib import Path
 from typing import List, Optional
 from urllib.parse import urlparse
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
@@ -80,6 +83,23 @@ class LoggedSaveConfig(SaveConfigCallback):
             trainer.logger.log_hyperparams({"config": config})
 
 
+# --ckpt_path: settings the command line decides over the checkpoint's, and settings that only
+# matter while training (the checkpoint's are kept outside `fit` without comparison).
+HONOURED_SETTINGS = ("results_dir", "method_name", "ray_transform_backend")
+TRAINING_ONLY_SETTINGS = ("lr", "betas", "weight_decay", "scheduler", "channels_last", "fused_optimizer",
+                          "lr_warmup", "n_critic", "gp_weight")
+LINKED_SETTINGS = ("geometry", "data_range", "fbp_filter", "fbp_frequency_scaling")
+
+
+def _same_setting(a, b) -> bool:
+    """Equal up to list/tuple and int/float spelling (YAML lists, checkpoint tuples)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
 class ReconCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.geometry_dict", "model.init_args.geometry", apply_on="instantiate")
@@ -98,6 +118,50 @@ class ReconCLI(LightningCLI):
         parser.add_lightning_class_args(ReconstructionPanels, "panels")
         # simulated CT data unless a config names another data module (light field, sparse coding)
         parser.set_defaults({"data": {"class_path": "lightning_recon.data.SimulatedCTDataModule"}})
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's
+        hyperparameters. Here a model class or a setting that differs from the checkpoint's is refused
+        (one line naming each), except the settings of where and how to run and report, which the
+        command line clearly means and which win: ``results_dir``, ``method_name``,
+        ``ray_transform_backend`` (a GPU checkpoint on a CPU) and, outside ``fit``, the training-only
+        settings. Settings the data module links (geometry, FBP, data range) come from the data."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return super()._parse_ckpt_path()
+        try:
+            hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
+        except Exception as error:
+            self._exit(f"checkpoint {ckpt_path} is unreadable ({type(error).__name__}); it may be truncated: "
+                       "resume from another checkpoint of the run")
+        asked = self.config[subcommand].get("model")
+        asked_args = dict(vars(asked.get("init_args") or {})) if asked is not None else {}
+        saved_class = hparams.get("_class_path")
+        if asked is not None and saved_class and asked.get("class_path") != saved_class:
+            self._exit(f"--ckpt_path holds a {saved_class.rsplit('.', 1)[-1]}, the config asks for "
+                       f"{str(asked.get('class_path')).rsplit('.', 1)[-1]}; to start a new model from other "
+                       "weights use its pretrained-weights argument, not --ckpt_path")
+        honoured = set(HONOURED_SETTINGS) | (set() if subcommand == "fit" else set(TRAINING_ONLY_SETTINGS))
+        differing = [f"{key}: config {asked_args[key]!r}, checkpoint {hparams[key]!r}"
+                     for key in sorted(asked_args)
+                     if key in hparams and key not in honoured and key not in LINKED_SETTINGS
+                     and not _same_setting(asked_args[key], hparams[key])]
+        if differing:
+            self._exit("the model config differs from --ckpt_path's (" + "; ".join(differing) + "); drop the "
+                       "setting to use the checkpoint's, or train a new model")
+        super()._parse_ckpt_path()
+        model_args = self.config[subcommand].model.init_args
+        for key in honoured & set(asked_args):
+            if not _same_setting(model_args.get(key), asked_args[key]):
+                rank_zero_info(f"--ckpt_path: {key} = {asked_args[key]!r} from the command line "
+                               f"(the checkpoint had {model_args.get(key)!r})")
+                model_args[key] = asked_args[key]
+
+    @staticmethod
+    def _exit(message: str):
+        sys.stderr.write(f"train.py: error: {message}\n")
+        raise SystemExit(2)
 
     def instantiate_trainer(self, **kwargs):
         """The trainer, writing checkpoints atomically unless a config chose another checkpoint IO."""
@@ -136,7 +200,6 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     """
     import argparse
     import json
-    from pathlib import Path
 
     import lightning as L
     import numpy as np
@@ -278,8 +341,6 @@ def _fit_saving_on_interrupt(trainer, model, loader) -> bool:
 
 def _finetune_argument_problems(opts) -> List[str]:
     """What is wrong with ``finetune.py``'s arguments, before anything is read or written."""
-    from pathlib import Path
-
     problems = []
     source = Path(opts.input)
     if not source.is_file():

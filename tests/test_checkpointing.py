@@ -53,3 +53,48 @@ def test_train_py_writes_checkpoints_through_the_atomic_writer(tmp_path, monkeyp
                     f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}"])
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert (tmp_path / "ckpt" / "last.ckpt").exists() and not list((tmp_path / "ckpt").glob("*.partial"))
+
+
+TINY_DATA = ["--data.init_args.preset=ellipses-small", "--data.init_args.image_size=16", "--data.init_args.num_angles=6",
+             "--data.init_args.train_length=4", "--data.init_args.val_length=2", "--data.init_args.test_length=2",
+             "--data.init_args.batch_size=2", "--trainer.accelerator=cpu", "--trainer.logger=false",
+             "--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def unet_checkpoint(tmp_path_factory):
+    from lightning_recon.cli import cli_main
+
+    root = tmp_path_factory.mktemp("ckpt")
+    cli_main(["fit", *TINY_DATA, "--model=lightning_recon.methods.FBPUNet", "--model.init_args.channels=[4,4]",
+              "--trainer.max_steps=2", f"--trainer.default_root_dir={root}", f"--checkpoint.dirpath={root / 'ckpt'}",
+              f"--model.init_args.results_dir={root / 'old_results'}"])
+    return root / "ckpt" / "last.ckpt"
+
+
+@pytest.mark.parametrize("model_args, message", [
+    (["--model=lightning_recon.methods.LearnedGD"], "holds a FBPUNet, the config asks for LearnedGD"),
+    (["--model=lightning_recon.methods.FBPUNet", "--model.init_args.channels=[8,8]"],
+     "channels: config [8, 8], checkpoint [4, 4]"),
+])
+def test_ckpt_path_refuses_a_different_model(unet_checkpoint, tmp_path, capsys, monkeypatch, model_args, message):
+    from lightning_recon.cli import cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *TINY_DATA, *model_args, "--trainer.max_steps=3", f"--ckpt_path={unet_checkpoint}",
+                  f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ckpt_path_honours_where_and_under_which_name_results_go(unet_checkpoint, tmp_path, monkeypatch):
+    from lightning_recon.cli import cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli_main(["test", *TINY_DATA, "--model=lightning_recon.methods.FBPUNet", "--model.init_args.channels=[4,4]",
+              f"--model.init_args.results_dir={tmp_path / 'new'}", "--model.init_args.method_name=MyRow",
+              "--model.init_args.lr=0.5", "--model.init_args.ray_transform_backend=odl",
+              f"--ckpt_path={unet_checkpoint}", f"--trainer.default_root_dir={tmp_path}"])
+    table = (tmp_path / "new" / "results.md").read_text()
+    assert "| MyRow |" in table
+    assert not (unet_checkpoint.parent.parent / "old_results" / "results.md").exists()
