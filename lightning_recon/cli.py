@@ -158,6 +158,19 @@ class ReconCLI(LightningCLI):
                                f"(the checkpoint had {model_args.get(key)!r})")
                 model_args[key] = asked_args[key]
 
+    def instantiate_classes(self) -> None:
+        """Build data, model and trainer; a ValueError of ours (a bad setting) ends in one line
+        naming it instead of jsonargparse's chained tracebacks (``LIGHTNING_RECON_DEBUG=1``: all)."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as error:
+            if os.environ.get("LIGHTNING_RECON_DEBUG"):
+                raise
+            root = error
+            while root.__cause__ is not None:
+                root = root.__cause__
+            self._exit(str(root).splitlines()[0] if str(root) else type(root).__name__)
+
     @staticmethod
     def _exit(message: str):
         sys.stderr.write(f"train.py: error: {message}\n")

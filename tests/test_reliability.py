@@ -1,4 +1,4 @@
-"""Checkpoints are written atomically and an unreadable one is reported by path."""
+"""Reliability: atomic checkpoints, --ckpt_path against the command line, one-line errors of train.py."""
 import pytest
 import torch
 
@@ -98,3 +98,17 @@ def test_ckpt_path_honours_where_and_under_which_name_results_go(unet_checkpoint
     table = (tmp_path / "new" / "results.md").read_text()
     assert "| MyRow |" in table
     assert not (unet_checkpoint.parent.parent / "old_results" / "results.md").exists()
+
+
+@pytest.mark.parametrize("setting, message", [("--data.init_args.batch_size=0", "batch_size must be >= 1, got 0"),
+                                              ("--data.init_args.num_angles=0", "num_angles must be >= 1, got 0")])
+def test_train_py_bad_settings_end_in_one_line(tmp_path, capsys, monkeypatch, setting, message):
+    from lightning_recon.cli import cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("LIGHTNING_RECON_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *TINY_DATA, "--model=lightning_recon.methods.FBPUNet", setting,
+                  f"--trainer.default_root_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"train.py: error: {message}" in err and "Traceback" not in err
