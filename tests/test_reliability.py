@@ -112,3 +112,19 @@ def test_train_py_bad_settings_end_in_one_line(tmp_path, capsys, monkeypatch, se
                   f"--trainer.default_root_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and f"train.py: error: {message}" in err and "Traceback" not in err
+
+
+def test_matrix_cache_files_are_readable_by_other_users(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from lightning_recon.physics import ParallelBeam2D, RayTransform
+
+    monkeypatch.setenv("LIGHTNING_RECON_CACHE", str(tmp_path))
+    previous = os.umask(0o022)
+    try:
+        RayTransform(ParallelBeam2D((12, 12), num_angles=5), backend="matrix")(torch.zeros(1, 1, 12, 12))
+    finally:
+        os.umask(previous)
+    (cached,) = (tmp_path / "matrices").glob("*.npz")
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o644

@@ -301,6 +301,9 @@ def _load_or_build_matrix(geometry: Geometry):
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
             sp.save_npz(tmp, csr, compressed=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp.name, 0o666 & ~umask)  # a shared cache stays readable by other users (mkstemp gives 0600)
         os.replace(tmp.name, path)  # atomic: concurrent DDP ranks never read half a file
     except OSError:
         pass  # read-only cache: the matrix still works, it is just not saved
