@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from ..physics.geometry import ParallelBeam2D, geometry_from_dict
 from .device_simulation import DeviceEllipsesSimulator, SampleIndices
+from .resumable import ResumableLoader
 from .simulated import EllipsesDataset
 
 __all__ = ["SimulatedCTDataModule", "PRESETS"]
@@ -67,7 +68,14 @@ class SplitDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Shuffled; checkpointed position (``ResumableLoader``) so that a killed run resumes in order."""
+        return ResumableLoader(self.dataset("train"), batch_size=self.batch_size, seed=self.shuffle_seed,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    @property
+    def shuffle_seed(self) -> int:
+        """Seed of the training order (epoch ``e`` uses ``seed + e``)."""
+        return SPLIT_SEEDS["train"]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -199,7 +207,8 @@ class SimulatedCTDataModule(SplitDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.simulate_on == "cpu":
             return super().train_dataloader()
-        return DataLoader(SampleIndices(len(self.dataset("train"))), batch_size=self.batch_size, shuffle=True)
+        return ResumableLoader(SampleIndices(len(self.dataset("train"))), batch_size=self.batch_size,
+                               seed=self.shuffle_seed)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Index batches of the device-simulated training split become sample dicts on ``device``."""
