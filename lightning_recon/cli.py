@@ -151,6 +151,8 @@ class ReconCLI(LightningCLI):
             self._exit("the model config differs from --ckpt_path's (" + "; ".join(differing) + "); drop the "
                        "setting to use the checkpoint's, or train a new model")
         super()._parse_ckpt_path()
+        if subcommand == "fit":
+            self._continue_logger_version(Path(ckpt_path))
         model_args = self.config[subcommand].model.init_args
         for key in honoured & set(asked_args):
             if not _same_setting(model_args.get(key), asked_args[key]):
@@ -170,6 +172,27 @@ class ReconCLI(LightningCLI):
             while root.__cause__ is not None:
                 root = root.__cause__
             self._exit(str(root).splitlines()[0] if str(root) else type(root).__name__)
+
+    def _continue_logger_version(self, ckpt_path: Path) -> None:
+        """Resuming ``<save_dir>/<name>/version_N/checkpoints/*.ckpt`` with a CSV or TensorBoard logger
+        logs into that same ``version_N`` (not a new one), which also keeps the checkpoint folder and
+        with it the best-checkpoint record. The CSV logger would delete the earlier ``metrics.csv``
+        there: it is kept as ``metrics.until-<checkpoint name>.csv``."""
+        folder = ckpt_path.resolve().parent
+        logger = self.config.fit.trainer.get("logger")
+        if folder.name != "checkpoints" or not folder.parent.name.startswith("version_") or logger is None:
+            return
+        if not hasattr(logger, "class_path") or not str(logger.class_path).endswith(("CSVLogger", "TensorBoardLogger")):
+            return
+        init_args = logger.get("init_args")
+        if init_args is not None and init_args.get("version") is None:
+            init_args["version"] = folder.parent.name
+            earlier = folder.parent / "metrics.csv"
+            try:
+                earlier.rename(earlier.with_name(f"metrics.until-{ckpt_path.stem}.csv"))
+            except FileNotFoundError:  # no CSV log, or another process moved it already
+                pass
+            rank_zero_info(f"--ckpt_path: logging on in {folder.parent}")
 
     @staticmethod
     def _exit(message: str):

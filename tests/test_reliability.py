@@ -195,3 +195,23 @@ def test_a_sigkilled_fit_resumes_to_the_uninterrupted_result(tmp_path):
     assert lr(whole) == pytest.approx(lr(resumed))
     for key, value in whole["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, msg=f"{key} differs after resume from {step}")
+
+
+def test_resuming_logs_into_the_same_version_folder(tmp_path, monkeypatch):
+    from lightning_recon.cli import cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    common = [*TINY_DATA, "--model=lightning_recon.methods.FBPUNet", "--model.init_args.channels=[4,4]",
+              "--model.init_args.results_dir=null", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=run",
+              "--trainer.val_check_interval=2", "--trainer.check_val_every_n_epoch=null"]
+    cli_main(["fit", *common, "--trainer.max_steps=4"])
+    last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.exists()
+    cli = cli_main(["fit", *common, "--trainer.max_steps=6", f"--ckpt_path={last}"])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["version_0"]
+    kept = (tmp_path / "run" / "version_0" / "metrics.until-last.csv").read_text()
+    assert "val/psnr" in kept  # the first part's log is not deleted
+    assert (tmp_path / "run" / "version_0" / "metrics.csv").exists()
+    assert cli.trainer.global_step == 6
+    assert cli.trainer.checkpoint_callback.best_model_path  # the record survived the resume
