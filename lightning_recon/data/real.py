@@ -135,7 +135,7 @@ def load_data_exchange(
         flat = _finite("exchange/data_white", np.asarray(white[:, slice_index, :], dtype=np.float64)).mean(0)
         dark_mean = _finite("exchange/data_dark", np.asarray(dark[:, slice_index, :], dtype=np.float64)).mean(0)
     _finite("exchange/theta", theta)
-    angles = np.deg2rad(theta) if np.abs(theta).max() > 2 * np.pi + 1e-6 else theta
+    angles = angles_in_radians(theta, "auto", "exchange/theta", warn=False)  # Data Exchange stores degrees
     transmission = flat_field_correct(projections, flat, dark_mean, path.name)
     sinogram = -np.log(np.clip(transmission, min_transmission, 1.0))
     sinogram = _bin(sinogram, binning)
@@ -191,16 +191,17 @@ def _geometry_for(n_det: int, angles: np.ndarray, center_offset: float) -> Paral
 ANGLE_UNITS = ("auto", "radians", "degrees")
 
 
-def angles_in_radians(angles: np.ndarray, unit: str = "auto", what: str = "angles") -> np.ndarray:
+def angles_in_radians(angles: np.ndarray, unit: str = "auto", what: str = "angles", warn: bool = True) -> np.ndarray:
     """``angles`` converted to radians. ``unit="auto"`` reads values beyond 2π as degrees (and
-    says so); a half-turn scan in degrees (0…180) can never pass for radians, but a scan of less
-    than 6.3° in degrees could: declare ``unit`` for those."""
+    says so if ``warn``); a half-turn scan in degrees (0…180) can never pass for radians, but a
+    scan of less than 6.3° in degrees could: declare ``unit`` for those."""
     if unit not in ANGLE_UNITS:
         raise ValueError(f"angle unit must be one of {ANGLE_UNITS}, got {unit!r}")
     if unit == "degrees":
         return np.deg2rad(angles)
     if unit == "auto" and angles.size and float(np.abs(angles).max()) > 2 * np.pi + 1e-6:
-        warnings.warn(f"{what} exceed 2π: read as degrees (declare the unit to silence this)", stacklevel=3)
+        if warn:
+            warnings.warn(f"{what} exceed 2π: read as degrees (declare the unit to silence this)", stacklevel=3)
         return np.deg2rad(angles)
     return angles
 
