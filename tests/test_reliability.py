@@ -103,7 +103,8 @@ def test_ckpt_path_honours_where_and_under_which_name_results_go(unet_checkpoint
 
 
 @pytest.mark.parametrize("setting, message", [("--data.init_args.batch_size=0", "batch_size must be >= 1, got 0"),
-                                              ("--data.init_args.num_angles=0", "num_angles must be >= 1, got 0")])
+                                              ("--data.init_args.num_angles=0", "num_angles must be >= 1, got 0"),
+                                              ("--data.init_args.preset=bogus", "unknown preset 'bogus'")])
 def test_train_py_bad_settings_end_in_one_line(tmp_path, capsys, monkeypatch, setting, message):
     from lightning_recon.cli import cli_main
 
