@@ -32,7 +32,7 @@ stamp() { echo "=== $(date +%T) $*"; }
 
 stamp "machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; nproc
 if [ "$ACCEL" = gpu ]; then
-    stamp "gpu tests"; python -m pytest -q -m gpu -p no:cacheprovider --tb=short 2>&1 | grep -v "Warning\|warn" | tail -40
+    stamp "gpu tests (at most 150 s)"; timeout 150 python -m pytest -q -m gpu -p no:cacheprovider --tb=short 2>&1 | grep -v "Warning\|warn" | tail -40
 fi
 
 if [ "$SPEED" = 1 ]; then
