@@ -6,7 +6,7 @@
 # cWGAN's calibration. Logs and tables land in $OUT (at most 8 files):
 #
 #   source .device/setup.sh && OUT=outputs/gpu_session bash bench/gpu_session.sh      # the H200
-#   source .device/setup.sh && MODELS=learned_pd TRAIN_TIME=00:00:08:00 SPEED=0 BASELINES=0 bash bench/gpu_session.sh
+#   source .device/setup.sh && MODELS=learned_pd TRAIN_TIME=00:00:06:00 SPEED=0 BASELINES=0 bash bench/gpu_session.sh
 #                                                  # one headline run alone (what the next GPU session should run)
 #   ACCEL=cpu TRAIN_TIME=00:00:00:20 SPEED_ARGS="--device cpu --steps 1 --warmup 1 --batch-size 2 --workers 1 --models LearnedGD" \
 #       TV_ARGS="--device cpu --iterations 5 --val-samples 2 --test-samples 2 --alphas 1 4" \
