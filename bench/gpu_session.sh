@@ -14,7 +14,7 @@
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_session}
 ACCEL=${ACCEL:-gpu}
-TRAIN_TIME=${TRAIN_TIME:-00:00:04:15}
+TRAIN_TIME=${TRAIN_TIME:-00:00:03:30}
 SPEED_ARGS=${SPEED_ARGS:---device cuda --steps 100 --warmup 40 --workers 12 --profile}
 TV_ARGS=${TV_ARGS:---device cuda --iterations 1000 --val-samples 20 --test-samples 100 --alphas 0.5 1 2 4 8 16 32}
 CWGAN_SAMPLES=${CWGAN_SAMPLES:-100}
