@@ -81,6 +81,7 @@ pids=()
 for m in $MODELS; do
     [ "$m" = cwgan ] && continue
     python train.py test --config configs/experiment/h200_9min_$m.yaml "${common[@]}" --trainer.logger=false \
+        --model.init_args.method_name="${label[$m]} ($ACCEL, $TRAIN_TIME, $n_runs run(s) sharing it)" \
         --ckpt_path "$RUNS/$m/checkpoints/last.ckpt" > "$RUNS/test_$m.log" 2>&1 &
     pids+=($!)
 done

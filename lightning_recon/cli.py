@@ -86,9 +86,27 @@ class LoggedSaveConfig(SaveConfigCallback):
 # --ckpt_path: settings the command line decides over the checkpoint's, and settings that only
 # matter while training (the checkpoint's are kept outside `fit` without comparison).
 HONOURED_SETTINGS = ("results_dir", "method_name", "ray_transform_backend")
+REPORT_SETTINGS = ("results_dir", "method_name")  # honoured only when a config or flag sets them
 TRAINING_ONLY_SETTINGS = ("lr", "betas", "weight_decay", "scheduler", "channels_last", "fused_optimizer",
                           "lr_warmup", "n_critic", "gp_weight")
 LINKED_SETTINGS = ("geometry", "data_range", "fbp_filter", "fbp_frequency_scaling")
+
+
+def _class_default(class_path: str, key: str):
+    """The default of ``__init__`` argument ``key`` of ``class_path`` or of a base class (None if none)."""
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    for base in cls.__mro__:
+        parameter = inspect.signature(base.__init__).parameters.get(key) if "__init__" in vars(base) else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
 
 
 def _same_setting(a, b) -> bool:
@@ -123,9 +141,10 @@ class ReconCLI(LightningCLI):
         """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's
         hyperparameters. Here a model class or a setting that differs from the checkpoint's is refused
         (one line naming each), except the settings of where and how to run and report, which the
-        command line clearly means and which win: ``results_dir``, ``method_name``,
-        ``ray_transform_backend`` (a GPU checkpoint on a CPU) and, outside ``fit``, the training-only
-        settings. Settings the data module links (geometry, FBP, data range) come from the data."""
+        configs and flags clearly mean and which win: ``results_dir`` and ``method_name`` when set
+        (else the checkpoint's stay), ``ray_transform_backend`` (a GPU checkpoint on a CPU) and,
+        outside ``fit``, the training-only settings. Settings the data module links (geometry, FBP,
+        data range) come from the data."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
@@ -154,7 +173,10 @@ class ReconCLI(LightningCLI):
         if subcommand == "fit":
             self._continue_logger_version(Path(ckpt_path))
         model_args = self.config[subcommand].model.init_args
+        class_path = str(asked.get("class_path")) if asked is not None else ""
         for key in honoured & set(asked_args):
+            if key in REPORT_SETTINGS and _same_setting(asked_args[key], _class_default(class_path, key)):
+                continue  # not set by any config or flag: the checkpoint's row name and folder stay
             if not _same_setting(model_args.get(key), asked_args[key]):
                 rank_zero_info(f"--ckpt_path: {key} = {asked_args[key]!r} from the command line "
                                f"(the checkpoint had {model_args.get(key)!r})")

@@ -216,3 +216,14 @@ def test_resuming_logs_into_the_same_version_folder(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "version_0" / "metrics.csv").exists()
     assert cli.trainer.global_step == 6
     assert cli.trainer.checkpoint_callback.best_model_path  # the record survived the resume
+
+
+def test_ckpt_path_keeps_the_checkpoints_row_name_and_folder_when_none_is_given(unet_checkpoint, tmp_path,
+                                                                                 monkeypatch):
+    from lightning_recon.cli import cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli = cli_main(["test", *TINY_DATA, "--model=lightning_recon.methods.FBPUNet", "--model.init_args.channels=[4,4]",
+                    f"--ckpt_path={unet_checkpoint}", f"--trainer.default_root_dir={tmp_path}"])
+    assert cli.model.hparams.results_dir == str(unet_checkpoint.parent.parent / "old_results")
+    assert "| FBPUNet |" in (unet_checkpoint.parent.parent / "old_results" / "results.md").read_text()
