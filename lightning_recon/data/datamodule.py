@@ -57,11 +57,12 @@ class SplitDataModule(L.LightningDataModule):
     def dataset(self, split: str):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
+        """The split in order (validation, test, predict)."""
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
@@ -78,13 +79,13 @@ class SplitDataModule(L.LightningDataModule):
         return SPLIT_SEEDS["train"]
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
 
 class SimulatedCTDataModule(SplitDataModule):
