@@ -109,6 +109,12 @@ def _class_default(class_path: str, key: str):
     return None
 
 
+def _exit(program: str, message: str, code: int = 2):
+    """End ``program`` with one line on stderr, no traceback; status 2 (bad input) reads ``error:``."""
+    sys.stderr.write(f"{program}: {'error: ' if code == 2 else ''}{message}\n")
+    raise SystemExit(code)
+
+
 def _same_setting(a, b) -> bool:
     """Equal up to list/tuple and int/float spelling (YAML lists, checkpoint tuples)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -150,15 +156,17 @@ class ReconCLI(LightningCLI):
         if not ckpt_path or not Path(ckpt_path).is_file():
             return super()._parse_ckpt_path()
         try:
-            hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
+            # memory-mapped: only the hyperparameters are read here; Lightning reads the checkpoint next
+            hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+                           .get("hyper_parameters", {}))
         except Exception as error:
-            self._exit(f"checkpoint {ckpt_path} is unreadable ({type(error).__name__}); it may be truncated: "
+            _exit("train.py", f"checkpoint {ckpt_path} is unreadable ({type(error).__name__}); it may be truncated: "
                        "resume from another checkpoint of the run")
         asked = self.config[subcommand].get("model")
         asked_args = dict(vars(asked.get("init_args") or {})) if asked is not None else {}
         saved_class = hparams.get("_class_path")
         if asked is not None and saved_class and asked.get("class_path") != saved_class:
-            self._exit(f"--ckpt_path holds a {saved_class.rsplit('.', 1)[-1]}, the config asks for "
+            _exit("train.py", f"--ckpt_path holds a {saved_class.rsplit('.', 1)[-1]}, the config asks for "
                        f"{str(asked.get('class_path')).rsplit('.', 1)[-1]}; to start a new model from other "
                        "weights use its pretrained-weights argument, not --ckpt_path")
         honoured = set(HONOURED_SETTINGS) | (set() if subcommand == "fit" else set(TRAINING_ONLY_SETTINGS))
@@ -167,7 +175,7 @@ class ReconCLI(LightningCLI):
                      if key in hparams and key not in honoured and key not in LINKED_SETTINGS
                      and not _same_setting(asked_args[key], hparams[key])]
         if differing:
-            self._exit("the model config differs from --ckpt_path's (" + "; ".join(differing) + "); drop the "
+            _exit("train.py", "the model config differs from --ckpt_path's (" + "; ".join(differing) + "); drop the "
                        "setting to use the checkpoint's, or train a new model")
         super()._parse_ckpt_path()
         if subcommand == "fit":
@@ -193,7 +201,7 @@ class ReconCLI(LightningCLI):
             root = error
             while root.__cause__ is not None:
                 root = root.__cause__
-            self._exit(str(root).splitlines()[0] if str(root) else type(root).__name__)
+            _exit("train.py", str(root).splitlines()[0] if str(root) else type(root).__name__)
 
     def _continue_logger_version(self, ckpt_path: Path) -> None:
         """Resuming ``<save_dir>/<name>/version_N/checkpoints/*.ckpt`` with a CSV or TensorBoard logger
@@ -215,11 +223,6 @@ class ReconCLI(LightningCLI):
             except FileNotFoundError:  # no CSV log, or another process moved it already
                 pass
             rank_zero_info(f"--ckpt_path: logging on in {folder.parent}")
-
-    @staticmethod
-    def _exit(message: str):
-        sys.stderr.write(f"train.py: error: {message}\n")
-        raise SystemExit(2)
 
     def instantiate_trainer(self, **kwargs):
         """The trainer, writing checkpoints atomically unless a config chose another checkpoint IO."""
@@ -305,12 +308,9 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an input error")
     opts = parser.parse_args(args)
 
-    def fail(message: str):
-        parser.exit(2, f"finetune.py: error: {message}\n")
-
     problems = _finetune_argument_problems(opts)
     if problems:
-        fail("; ".join(problems))
+        _exit("finetune.py", "; ".join(problems))
     try:  # every input is read and checked before any folder is created or any work starts
         offset = opts.center_offset if opts.center_offset == "auto" else float(opts.center_offset)
         if opts.input.endswith((".h5", ".hdf5")):
@@ -328,9 +328,10 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     except (ValueError, OSError) as error:
         if opts.debug:
             raise
-        fail(str(error))
+        _exit("finetune.py", str(error))
     if reference is not None and tuple(reference.shape) != tuple(scan.geometry.image_shape):
-        fail(f"--reference has shape {tuple(reference.shape)}, the reconstruction {tuple(scan.geometry.image_shape)}")
+        _exit("finetune.py", f"--reference has shape {tuple(reference.shape)}, "
+                             f"the reconstruction {tuple(scan.geometry.image_shape)}")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     y = torch.from_numpy(scan.data)[None, None]
@@ -358,7 +359,7 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
                         enable_checkpointing=False, log_every_n_steps=10, default_root_dir=str(out))
     interrupted = _fit_saving_on_interrupt(trainer, model, RepeatedMeasurement(y[0], opts.iterations).loader())
     if model.reconstruction is None:
-        parser.exit(130, "finetune.py: interrupted before the first iteration; nothing to save\n")
+        _exit("finetune.py", "interrupted before the first iteration; nothing to save", 130)
 
     result = model.reconstruction[0, 0].cpu()
     fbp = model.fbp(y)[0, 0]
@@ -372,8 +373,8 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     if interrupted:
-        parser.exit(130, f"finetune.py: interrupted after {len(model.losses)} iterations; the best iterate so far "
-                         f"is saved in {out}\n")
+        _exit("finetune.py", f"interrupted after {len(model.losses)} iterations; the best iterate so far is saved "
+              f"in {out}", 130)
     return summary
 
 
