@@ -35,7 +35,7 @@ def run_one(data: SimulatedCTDataModule, split: str, index: int, tv_weight: floa
     truth = sample["ground_truth"][0]
     L.seed_everything(0, verbose=False)
     model = DeepImagePrior(data.geometry_dict, channels=(64,) * 5, skip_channels=(4,) * 5, network_input="fbp",
-                           tv_weight=tv_weight, lr=1e-3)
+                           tv_weight=tv_weight, lr=1e-3, fbp_frequency_scaling=1.0)  # the uncut FBP, as finetune.py
     model.reference = truth
     curve = []
 

@@ -78,7 +78,7 @@ def run_dip(geometry, y, reference, iterations, channels, tv_weight, lr, pretrai
     L.seed_everything(seed, verbose=False)
     model = DeepImagePrior(geometry.to_dict(), channels=(channels,) * 5, skip_channels=(4,) * 5, network_input="fbp",
                            tv_weight=tv_weight, lr=lr, lr_warmup=lr_warmup, pretrained=pretrained,
-                           seed=seed)
+                           seed=seed, fbp_frequency_scaling=1.0)  # the uncut FBP, as finetune.py
     model.reference = reference
     record = {"psnr": [], "loss": [], "seconds": []}
 

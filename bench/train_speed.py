@@ -76,7 +76,7 @@ def build(name: str, data: SimulatedCTDataModule, device: torch.device, channels
     model = cls(geometry=data.geometry_dict, channels_last=channels_last, **kwargs).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model.ray_transform.check_finite = checked
+    model.operator.check_finite = checked
     return model.train()
 
 

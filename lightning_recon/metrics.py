@@ -20,7 +20,7 @@ import torch
 from scipy.stats import spearmanr
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-__all__ = ["psnr", "ssim", "image_metrics", "interval_coverage", "mean_pairwise_distance", "spearman_std_error"]
+__all__ = ["psnr", "ssim", "image_metrics", "nmse_db", "set_nmse_db", "interval_coverage", "mean_pairwise_distance", "spearman_std_error"]
 
 
 def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -128,6 +128,12 @@ def nmse_db(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     error = (pred - target).flatten(1).pow(2).sum(1)
     return 10 * torch.log10(error / target.flatten(1).pow(2).sum(1).clamp_min(1e-20))
+
+
+def set_nmse_db(error: torch.Tensor, energy: torch.Tensor) -> float:
+    """NMSE of a set in dB, ``10 log10(Σ error / Σ energy)``, from per-sample squared errors
+    ‖x̂ − x‖² and energies ‖x‖² (the LISTA literature's average: an all-zero sample has no NMSE alone)."""
+    return float(10 * torch.log10(error.sum() / energy.sum().clamp_min(1e-20)))
 
 
 @torch.no_grad()

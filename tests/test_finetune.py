@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_recon.cli import finetune_main
 from lightning_recon.data import EllipsesDataset
+from lightning_recon.finetuning import finetune_main
 from lightning_recon.methods.dip import DeepImagePrior, RepeatedMeasurement
 from lightning_recon.physics import ParallelBeam2D
 from tests.test_real_data import write_scan
@@ -123,7 +123,7 @@ def test_edip_pretraining_checkpoint_warm_starts_finetuning(tmp_path, monkeypatc
     phantom = EllipsesDataset(ParallelBeam2D((32, 32), num_angles=10), length=1, seed=0, disk_support=True).phantom(0)
     assert float(phantom[0, 0, 0]) == 0.0 and float(phantom[0, -1, -1]) == 0.0  # corners lie outside the disk
 
-    geometry = ("{type: ParallelBeam2D, image_shape: [32, 32], num_angles: 30, angle_step: 3, "
+    geometry = ("{type: ParallelBeam2D, image_shape: [32, 32], num_angles: 10, angle_step: 3, "
                 "num_detector_pixels: 32, detector_extent: 32.0}")
     cli = cli_main(["fit", "--model=lightning_recon.methods.EDIPPretrain", "--model.init_args.channels=[8,8,8]",
                     "--model.init_args.skip_channels=[4,4,4]", f"--data.init_args.geometry={geometry}",
@@ -143,3 +143,15 @@ def test_edip_pretraining_checkpoint_warm_starts_finetuning(tmp_path, monkeypatc
                              "--center-offset", "0", "--init", str(checkpoint), "--logger", "none",
                              "--out", str(tmp_path / "ft"), "--accelerator", "cpu"])
     assert np.isfinite(summary["best_loss"])
+
+
+def test_the_training_cli_does_not_import_the_finetuning_cli():
+    import ast
+    import pathlib
+
+    import lightning_recon.cli
+
+    tree = ast.parse(pathlib.Path(lightning_recon.cli.__file__).read_text())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(m and m.endswith("finetuning") for m in modules)

@@ -10,41 +10,40 @@ import torch
 from torch import nn
 
 from lightning_recon.nets import ConditionalCritic, LearnedGradientDescent, LearnedPrimalDual, UNet
+from lightning_recon.physics import LinearOperator
 
 SMALL_CHANNELS = (8, 8, 16, 16, 32)
 
 
-class DenseOperator(nn.Module):
-    """``(B, C, H, W) -> (B, C, A, D)`` by a fixed matrix of shape ``(A·D, H·W)``; ``transpose``: the exact adjoint."""
+class DenseOperator(LinearOperator):
+    """``(B, 1, H, W) -> (B, 1, A, D)`` by a fixed matrix of shape ``(A·D, H·W)``: the operator contract
+    needs only the two products."""
 
-    def __init__(self, matrix: torch.Tensor, image_shape: Tuple[int, int], data_shape: Tuple[int, int],
-                 transpose: bool = False):
-        super().__init__()
+    def __init__(self, matrix: torch.Tensor, image_shape: Tuple[int, int], data_shape: Tuple[int, int]):
+        super().__init__((1, *image_shape), (1, *data_shape))
         self.register_buffer("matrix", matrix)
-        self.in_shape, self.out_shape = (data_shape, image_shape) if transpose else (image_shape, data_shape)
-        self.transpose = transpose
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        assert tuple(t.shape[-2:]) == tuple(self.in_shape), (t.shape, self.in_shape)
-        flat = t.flatten(-2)
-        out = flat @ self.matrix if self.transpose else flat @ self.matrix.T
-        return out.unflatten(-1, self.out_shape)
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(-2) @ self.matrix.T).unflatten(-1, self.range_shape[1:])
+
+    def _compute_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return (y.flatten(-2) @ self.matrix).unflatten(-1, self.domain_shape[1:])
 
 
 def make_operator(image_shape=(32, 32), data_shape=(8, 12), seed=0, scale=1.0):
-    """``(A, Aᵀ, ‖A‖₂)`` for a Gaussian random matrix sharing one tensor between ``A`` and ``Aᵀ``."""
+    """``(A, ‖A‖₂)`` for a Gaussian random matrix."""
     gen = torch.Generator().manual_seed(seed)
     n_pixels, n_data = image_shape[0] * image_shape[1], data_shape[0] * data_shape[1]
     matrix = scale * torch.randn(n_data, n_pixels, generator=gen) / n_pixels ** 0.5
     op_norm = float(torch.linalg.matrix_norm(matrix, ord=2))
-    return DenseOperator(matrix, image_shape, data_shape), DenseOperator(matrix, image_shape, data_shape, True), op_norm
+    return DenseOperator(matrix, image_shape, data_shape), op_norm
 
 
 def make_unrolled(kind: str, image_shape=(32, 32), data_shape=(8, 12), seed=0, **kwargs):
-    forward_op, adjoint_op, op_norm = make_operator(image_shape, data_shape)
+    operator, op_norm = make_operator(image_shape, data_shape)
     torch.manual_seed(seed)
     cls = {"lgd": LearnedGradientDescent, "lpd": LearnedPrimalDual}[kind]
-    return cls(forward_op, adjoint_op, n_iter=3, hidden_channels=8, op_norm=op_norm, **kwargs)
+    return cls(operator, n_iter=3, hidden_channels=8, op_norm=op_norm, **kwargs)
 
 
 def phantoms(batch: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -125,7 +124,7 @@ def test_unrolled_output_shape(kind, image_shape, data_shape):
 def test_unrolled_gradients_reach_every_parameter(kind, kwargs):
     net = make_unrolled(kind, **kwargs)
     x = phantoms(2)
-    y = net.forward_op(x)
+    y = net.operator(x)
     (net(y) - x).square().mean().backward()
     assert_all_parameters_have_finite_grads(net)
 
@@ -133,13 +132,13 @@ def test_unrolled_gradients_reach_every_parameter(kind, kwargs):
 @pytest.mark.parametrize("kind", ["lgd", "lpd"])
 def test_unrolled_state_dict_holds_only_learned_weights(kind):
     net = make_unrolled(kind, n_memory=1, step_init=1.0) if kind == "lgd" else make_unrolled(kind)
-    operator_tensor = net.forward_op.matrix
+    operator_tensor = net.operator.matrix
     assert set(net.state_dict()) == {name for name, _ in net.named_parameters()}
     assert all(t.data_ptr() != operator_tensor.data_ptr() for t in net.state_dict().values())
-    assert not any(m is net.forward_op or m is net.adjoint_op for m in net.modules())
+    assert not any(m is net.operator or m is net.operator.adjoint for m in net.modules())
 
     fresh = make_unrolled(kind, n_memory=1, step_init=1.0, seed=1) if kind == "lgd" else make_unrolled(kind, seed=1)
-    y = net.forward_op(phantoms(2))
+    y = net.operator(phantoms(2))
     assert not torch.equal(fresh(y), net(y))
     fresh.load_state_dict(net.state_dict())
     assert torch.equal(fresh(y), net(y))
@@ -148,7 +147,7 @@ def test_unrolled_state_dict_holds_only_learned_weights(kind):
 @pytest.mark.parametrize("kind", ["lgd", "lpd"])
 def test_unrolled_pickles_and_copies(kind):
     net = make_unrolled(kind)
-    y = net.forward_op(phantoms(1))
+    y = net.operator(phantoms(1))
     for clone in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
         assert torch.equal(clone(y), net(y))
 
@@ -159,10 +158,10 @@ def test_unrolled_op_norm_makes_output_invariant_to_operator_scale(kind):
     net = make_unrolled(kind)
     x = phantoms(2)
     scale = 7.0
-    scaled_forward, scaled_adjoint, scaled_norm = make_operator(scale=scale)
-    scaled = type(net)(scaled_forward, scaled_adjoint, n_iter=3, hidden_channels=8, op_norm=scaled_norm)
+    scaled_forward, scaled_norm = make_operator(scale=scale)
+    scaled = type(net)(scaled_forward, n_iter=3, hidden_channels=8, op_norm=scaled_norm)
     scaled.load_state_dict(net.state_dict())
-    torch.testing.assert_close(scaled(scaled_forward(x)), net(net.forward_op(x)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scaled(scaled_forward(x)), net(net.operator(x)), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["lgd", "lpd"])
@@ -171,7 +170,7 @@ def test_unrolled_checkpointing_matches_plain(kind):
     checkpointed = make_unrolled(kind, checkpointing=True)
     checkpointed.load_state_dict(plain.state_dict())
     x = phantoms(2)
-    y = plain.forward_op(x)
+    y = plain.operator(x)
     for net in (plain, checkpointed):
         (net(y) - x).square().mean().backward()
     torch.testing.assert_close(checkpointed(y), plain(y))
@@ -180,11 +179,13 @@ def test_unrolled_checkpointing_matches_plain(kind):
 
 
 def test_unrolled_rejects_bad_arguments():
-    forward_op, adjoint_op, _ = make_operator()
+    operator, _ = make_operator()
     with pytest.raises(ValueError, match="n_primal >= 2"):
-        LearnedPrimalDual(forward_op, adjoint_op, n_primal=1)
+        LearnedPrimalDual(operator, n_primal=1)
     with pytest.raises(ValueError, match="op_norm"):
-        LearnedGradientDescent(forward_op, adjoint_op, op_norm=0.0)
+        LearnedGradientDescent(operator, op_norm=0.0)
+    with pytest.raises(TypeError, match="LinearOperator"):
+        LearnedGradientDescent(lambda x: x)
 
 
 def test_learned_primal_dual_training_reduces_error():
@@ -192,7 +193,7 @@ def test_learned_primal_dual_training_reduces_error():
     under half of the all-zero image's (the untrained network does worse than zero)."""
     net = make_unrolled("lpd", data_shape=(16, 24))
     images = phantoms(4, seed=3)
-    measurement = net.forward_op(images)
+    measurement = net.operator(images)
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
 
     def mse() -> torch.Tensor:

@@ -1,5 +1,6 @@
+"""CT specifics of the ray transform (backends agree with ODL, offsets, caching, the norm); the
+operator contract itself (adjointness, gradients, batching, pickling) is tests/test_operators.py."""
 import math
-import pickle
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from lightning_recon.physics import FanBeam2D, ParallelBeam2D, RayTransform, ast
 
 GEOMETRIES = {
     "parallel": ParallelBeam2D((32, 32), num_angles=20),
-    "parallel-sparse": ParallelBeam2D((32, 48), num_angles=60, angle_step=6),
+    "parallel-sparse": ParallelBeam2D((32, 48), num_angles=10, angle_step=6),
     "parallel-limited": ParallelBeam2D((32, 32), num_angles=15, angle_range=(0.0, 2 * math.pi / 3)),
     "parallel-explicit-angles": ParallelBeam2D((32, 32), angles=tuple(np.deg2rad(np.arange(0, 181, 12)))),
     "fan": FanBeam2D((32, 32), num_angles=24, source_radius=80.0, detector_radius=40.0),
@@ -30,28 +31,6 @@ def test_matrix_backend_agrees_with_odl(name):
     assert rel(y_matrix, y_odl) < 1e-4
     s = torch.rand_like(y_odl)
     assert rel(RayTransform(geometry, backend="matrix").adjoint(s), RayTransform(geometry, backend="odl").adjoint(s)) < 1e-4
-
-
-@pytest.mark.parametrize("backend,tolerance", [("matrix", 1e-5), ("odl", 1e-3)])
-@pytest.mark.parametrize("name", ["parallel", "fan"])
-def test_adjointness(backend, tolerance, name):
-    geometry = GEOMETRIES[name]
-    op = RayTransform(geometry, backend=backend)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 1, *geometry.image_shape, generator=gen, dtype=torch.float64 if backend == "matrix" else torch.float32)
-    y = torch.rand(2, 1, *geometry.sinogram_shape, generator=gen, dtype=x.dtype)
-    lhs = float((op(x) * y).sum())
-    rhs = float((x * op.adjoint(y)).sum())
-    assert abs(lhs - rhs) / abs(lhs) < tolerance
-
-
-def test_gradcheck_and_double_backward_on_small_geometry():
-    op = RayTransform(ParallelBeam2D((8, 8), num_angles=5), backend="matrix")
-    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(op, (x,))
-    y = torch.rand(2, 1, *op.range_shape, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(op.adjoint, (y,))
-    assert torch.autograd.gradgradcheck(lambda t: (op(t) ** 2).sum(), (x,))
 
 
 OFFSET_GEOMETRY = ParallelBeam2D((32, 32), num_angles=10, detector_offset=2 * ParallelBeam2D((32, 32)).detector_pixel_size)
@@ -75,16 +54,6 @@ def test_backward_of_data_fit_is_the_adjoint_residual():
     (0.5 * ((op(x) - y) ** 2).sum()).backward()
     expected = op.adjoint(op(x.detach()) - y)
     assert rel(x.grad, expected) < 1e-5
-
-
-@pytest.mark.parametrize("backend", ["matrix", "odl"])
-def test_batches_match_per_sample_calls(backend):
-    geometry = GEOMETRIES["parallel-sparse"]
-    op = RayTransform(geometry, backend=backend)
-    x = torch.rand(4, 2, *geometry.image_shape)
-    batched = op(x)
-    singles = torch.stack([torch.stack([op(x[b : b + 1, c : c + 1])[0, 0] for c in range(2)]) for b in range(4)])
-    assert torch.allclose(batched, singles, atol=1e-5, rtol=1e-5)
 
 
 def test_auto_backend_choice_and_matrix_cache(tmp_path, monkeypatch):
@@ -111,15 +80,6 @@ def test_operator_norm_matches_largest_singular_value():
     assert abs(op.operator_norm() - sigma) / sigma < 1e-3
     op._norm = 123.0  # cached: not recomputed
     assert op.operator_norm() == 123.0
-
-
-def test_pickle_drops_built_operators_and_rebuilds():
-    op = RayTransform(GEOMETRIES["parallel"])
-    x = torch.rand(1, 1, 32, 32)
-    y = op(x)
-    clone = pickle.loads(pickle.dumps(op))
-    assert clone._impls == {}
-    assert torch.allclose(clone(x), y)
 
 
 def test_geometry_round_trips_through_plain_dicts_and_weights_only_load(tmp_path):

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import ParallelBeam2D, geometry_from_dict
 from .device_simulation import DeviceEllipsesSimulator, SampleIndices
 from .resumable import ResumableLoader
@@ -107,8 +108,9 @@ class SimulatedCTDataModule(SplitDataModule):
             size simulates on the reconstruction grid (an inverse crime, for comparison only).
         simulation_factor: alternatively rasterise the phantom this many times finer (truth = its
             area average); needs ``simulation_size`` equal to ``image_size``.
-        fbp_filter, fbp_frequency_scaling: the FBP delivered with each sample (Hann, 0.5: the best
-            of a grid on ellipses-30, 24.2 dB; see docs/results.md).
+        fbp_filter, fbp_frequency_scaling: the FBP delivered with each sample (the project's default,
+            Hann 0.5: the best of a grid on ellipses-30, 24.2 dB; docs/results.md). The CLI gives the
+            model this same FBP.
         batch_size, num_workers: loader settings (validation and test use the same batch size).
         backend: ray-transform backend for simulation.
         simulate_on: ``"cpu"`` (DataLoader workers) or ``"device"``: training pairs simulated on the
@@ -137,8 +139,8 @@ class SimulatedCTDataModule(SplitDataModule):
         noise_stream: Optional[str] = None,
         simulation_size: Optional[int] = None,
         simulation_factor: int = 1,
-        fbp_filter: str = "Hann",
-        fbp_frequency_scaling: float = 0.5,
+        fbp_filter: str = DEFAULT_FBP_FILTER,
+        fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
         batch_size: int = 32,
         num_workers: int = 0,
         backend: str = "auto",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..physics.fbp import FBP
+from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
 from ..physics.geometry import Geometry, Geometry2D, geometry_from_dict
 from ..physics.noise import GaussianNoise, PoissonNoise, SequentialNormalStream
 from ..physics.phantoms import PHANTOM_FAMILIES, ellipse_parameters, ellipse_phantom
@@ -96,8 +96,8 @@ class EllipsesDataset(Dataset):
         noise_stream: str = "indexed",
         simulation_size: Optional[Union[int, Tuple[int, int]]] = None,
         simulation_factor: int = 1,
-        fbp_filter: str = "Hann",
-        fbp_frequency_scaling: float = 1.0,
+        fbp_filter: str = DEFAULT_FBP_FILTER,
+        fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
         backend: str = "auto",
         disk_support: bool = False,
         object_outlines: bool = False,
@@ -136,7 +136,12 @@ class EllipsesDataset(Dataset):
         self.backend = backend
         self.fbp_settings = dict(filter_type=fbp_filter, frequency_scaling=fbp_frequency_scaling)
         self._params: Optional[np.ndarray] = None
-        self._ops: Dict[str, torch.nn.Module] = {}
+        # operators pickle without their backend state (built per process on first use)
+        self.project = RayTransform(simulation_geometry(self.geometry, self.simulation_shape), backend=backend,
+                                    check_finite=False)
+        self.upsample = (BilinearResize(self.geometry.image_shape, self.simulation_size)
+                         if self.simulation_size is not None else None)
+        self.fbp = FBP(self.geometry, backend=backend, **self.fbp_settings)
         self.cache = cache
         self._samples: Dict[int, dict] = {}
 
@@ -158,21 +163,8 @@ class EllipsesDataset(Dataset):
             return self.simulation_size
         return tuple(s * self.simulation_factor for s in g.image_shape)
 
-    def _op(self, name: str) -> torch.nn.Module:
-        if name not in self._ops:
-            g = self.geometry
-            if name == "project":
-                sim = simulation_geometry(g, self.simulation_shape)
-                self._ops[name] = RayTransform(sim, backend=self.backend, check_finite=False)
-            elif name == "upsample":
-                self._ops[name] = BilinearResize(g.image_shape, self.simulation_shape)
-            else:
-                self._ops[name] = FBP(g, backend=self.backend, **self.fbp_settings)
-        return self._ops[name]
-
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_ops"] = {}
         state["_params"] = None
         state["_samples"] = {}
         return state
@@ -219,12 +211,12 @@ class EllipsesDataset(Dataset):
         """Sample ``index`` computed afresh (``__getitem__`` may return a cached copy)."""
         raster = self.phantom(index)
         truth = F.avg_pool2d(raster[None], self.simulation_factor)[0] if self.simulation_factor > 1 else raster
-        simulated = self._op("upsample")(raster) if self.simulation_size is not None else raster
-        sinogram = self._op("project")(simulated[None])
+        simulated = self.upsample(raster) if self.upsample is not None else raster
+        sinogram = self.project(simulated[None])
         if self.noise_stream == "sequential" and self.noise is not None:
             z = torch.from_numpy(self._normal_stream(index)).to(sinogram.dtype)
             sinogram = self.noise(sinogram, standard_normal=z.expand_as(sinogram))
         elif self.noise is not None:
             sinogram = self.noise(sinogram, generator=self.noise_generator(index))
-        fbp = self._op("fbp")(sinogram)
+        fbp = self.fbp(sinogram)
         return {"ground_truth": truth, "measurement": sinogram[0], "fbp": fbp[0], "index": index}

@@ -13,40 +13,27 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..physics.lightfield import LightFieldGeometry, LightFieldModel
+from ..physics.lightfield import LightFieldGeometry
 from ..physics.linear import SparseCodingProblem
+from ..physics.operator import operator_from_dict
 from .datamodule import SPLIT_SEEDS, SplitDataModule
 
 __all__ = ["LightFieldDataModule", "NeuronVolumeDataset", "SparseCodingDataModule", "SparseCodingDataset"]
 
 class _SimulatedSplit(Dataset):
-    """Shared length, seeding, labelling and lazily built operator (never pickled)."""
+    """Shared length, seeding, labelling and the forward operator of ``spec`` (its plain numbers)."""
 
-    def __init__(self, length: int, seed: int, labelled_fraction: float):
+    def __init__(self, spec: Any, length: int, seed: int, labelled_fraction: float):
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
         if not 0 <= labelled_fraction <= 1:
             raise ValueError(f"labelled_fraction must be in [0, 1], got {labelled_fraction}")
         self.length, self.seed = int(length), int(seed)
         self.num_labelled = int(round(labelled_fraction * self.length))
-        self._operator = None
+        self.operator = operator_from_dict(spec)
 
     def __len__(self) -> int:
         return self.length
-
-    def build_operator(self) -> torch.nn.Module:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @property
-    def operator(self) -> torch.nn.Module:
-        if self._operator is None:
-            self._operator = self.build_operator()
-        return self._operator
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_operator"] = None
-        return state
 
     def rng(self, index: int) -> np.random.Generator:
         if not 0 <= index < self.length:
@@ -70,8 +57,9 @@ class NeuronVolumeDataset(_SimulatedSplit):
     def __init__(self, geometry: Union[LightFieldGeometry, Dict[str, Any]], length: int, seed: int = 0,
                  num_neurons: Tuple[int, int] = (4, 12), radius: float = 1.0, axial_radius: float = 0.6,
                  photons: float = 1000.0, read_noise_std: float = 0.0, labelled_fraction: float = 1.0):
-        super().__init__(length, seed, labelled_fraction)
-        self.geometry = LightFieldGeometry.from_dict(geometry)
+        geometry = LightFieldGeometry.from_dict(geometry)
+        super().__init__(geometry, length, seed, labelled_fraction)
+        self.geometry = geometry
         low, high = (int(v) for v in num_neurons)
         if not 0 <= low <= high:
             raise ValueError(f"num_neurons must be a range (low, high) with 0 <= low <= high, got {num_neurons}")
@@ -83,9 +71,6 @@ class NeuronVolumeDataset(_SimulatedSplit):
         self.num_neurons = (low, high)
         self.radius, self.axial_radius = float(radius), float(axial_radius)
         self.photons, self.read_noise_std = float(photons), float(read_noise_std)
-
-    def build_operator(self) -> LightFieldModel:
-        return LightFieldModel(self.geometry)
 
     def volume(self, index: int) -> Tuple[torch.Tensor, np.ndarray]:
         """The volume ``(D, H, W)`` and its neuron centres ``(n, 3)`` of sample ``index``."""
@@ -126,13 +111,10 @@ class SparseCodingDataset(_SimulatedSplit):
 
     def __init__(self, problem: Union[SparseCodingProblem, Dict[str, Any]], length: int, seed: int = 0,
                  labelled_fraction: float = 1.0):
-        super().__init__(length, seed, labelled_fraction)
         if isinstance(problem, dict):
-            problem = SparseCodingProblem(**{k: v for k, v in problem.items() if k != "type"})
+            problem = SparseCodingProblem.from_dict(problem)
+        super().__init__(problem, length, seed, labelled_fraction)
         self.problem = problem
-
-    def build_operator(self):
-        return self.problem.build_operator()
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         rng, p = self.rng(index), self.problem

@@ -1,10 +1,13 @@
-"""LightningModules: the training logic of each reconstruction method."""
+"""LightningModules: the training logic of each reconstruction method, all on one base
+(:class:`ReconstructionModule`)."""
 from .base import ReconstructionModule, write_results_table
 from .classical import FBPBaseline, TVBaseline
 from .cwgan import ConditionalWGAN
 from .learned_iterative import LearnedGD, LearnedPD
 from .post_processing import EDIPPretrain, FBPUNet
-from .sparse import ISTABaseline, LearnedISTA, SparseRecoveryModule, VolumePanels
+from .callbacks import VolumePanels
+from .dip import DeepImagePrior
+from .sparse import ISTABaseline, LearnedISTA, SparseRecoveryModule
 
-__all__ = ["ConditionalWGAN", "EDIPPretrain", "FBPBaseline", "FBPUNet", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD", "ReconstructionModule",
+__all__ = ["ConditionalWGAN", "DeepImagePrior", "EDIPPretrain", "FBPBaseline", "FBPUNet", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD", "ReconstructionModule",
            "SparseRecoveryModule", "TVBaseline", "VolumePanels", "write_results_table"]

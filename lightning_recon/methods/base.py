@@ -1,11 +1,17 @@
-"""Shared training, validation and test logic of the reconstruction methods.
+"""The one base of every method: :class:`ReconstructionModule`.
 
-A method subclasses :class:`ReconstructionModule` and implements ``reconstruct(batch)`` mapping a
-batch dict (``measurement (B, 1, A, D)``, ``fbp (B, 1, H, W)``, ``ground_truth``) to images
-``(B, 1, H, W)``. The base class provides the supervised MSE loss, ``train/loss``,
-``val/psnr`` and ``val/ssim`` (torchmetrics, fixed data range), the per-image test table and the
-optimiser with a cosine schedule. Operators are submodules without state: they are rebuilt
-lazily per process and device, so checkpoints hold only weights and plain hyperparameters.
+A method subclasses it and implements ``reconstruct(batch)``, mapping a batch dict
+(``measurement (B, *range_shape)``, for CT also ``fbp (B, 1, H, W)``; ``ground_truth``) to
+reconstructions ``(B, *domain_shape)``. The forward model is any operator of the physics contract,
+built from the ``geometry`` dict by ``operator_from_dict`` (a CT geometry, a light-field geometry, a
+sparse-coding problem); for CT the module also holds an FBP, the optional initial reconstruction.
+
+The base provides the supervised MSE loss, ``train/loss``, ``val/psnr`` (and ``val/ssim`` for
+images) with a fixed data range, the timed test with one row per method in ``results.csv`` /
+``results.md``, and AdamW with a cosine schedule. Subclasses change what they need:
+``training_step`` (unsupervised or adversarial losses), ``test_scores``/``summarise_test``
+(other per-sample scores), ``validation_extras``. Operators hold no state in checkpoints: they are
+rebuilt lazily per process and device, so checkpoints hold only weights and plain hyperparameters.
 """
 from __future__ import annotations
 
@@ -18,32 +24,34 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ..metrics import image_metrics
-from ..physics.fbp import FBP
-from ..physics.geometry import Geometry, geometry_from_dict
-from ..physics.ray_transform import RayTransform
+from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
+from ..physics.geometry import Geometry2D
+from ..physics.operator import operator_from_dict, spec_from_dict
 
 __all__ = ["ReconstructionModule", "validation_samples", "with_schedule", "write_results_table"]
 
 SCHEDULERS = ("cosine", "cosine-time", "none")
-TABLE_COLUMNS = ["method", "psnr", "psnr_std", "ssim", "ssim_std", "psnr_fixed", "psnr_fixed_std",
-                 "ssim_fixed", "ssim_fixed_std", "seconds_per_image", "images"]
 
 
 class ReconstructionModule(L.LightningModule):
     """Base LightningModule of every reconstruction method.
 
     Args:
-        geometry: the measurement geometry as a dict of numbers (the CLI links it from the data).
-        lr, betas, weight_decay: Adam(W) settings.
+        geometry: the forward model as a dict of numbers (the CLI links it from the data): a CT
+            geometry, ``LightFieldGeometry`` or ``SparseCodingProblem``.
+        lr, betas, weight_decay: AdamW settings.
         scheduler: ``"cosine"`` (annealed to 0 over ``max_steps``), ``"cosine-time"`` (annealed to 0
             over the trainer's ``max_time`` of training: a fixed time budget, any speed) or ``"none"``.
         data_range: fixed data range for ``val/psnr``/``val/ssim`` and the "fixed" test columns.
-        fbp_filter, fbp_frequency_scaling: the FBP used by methods that start from one.
-        ray_transform_backend: ``auto``, ``matrix``, ``astra_cuda`` or ``odl``.
-        results_dir: where ``test`` writes ``results.csv`` / ``results.md`` (one row per method).
+        fbp_filter, fbp_frequency_scaling: the FBP of CT methods (their initial reconstruction; the
+            CLI links it from the data module, so it is the one the training inputs were made with).
+        ray_transform_backend: ``auto``, ``matrix``, ``astra_cuda`` or ``odl`` (CT only).
+        results_dir: where ``test`` writes ``results.csv`` / ``results.md`` (one row per method);
+            ``None``: no table.
         method_name: the row name in the results table (default: the class name).
         channels_last: keep convolution weights and activations in channels-last memory layout
             (faster cuDNN kernels under bf16 on recent GPUs; see docs/benchmarks.md).
@@ -56,14 +64,14 @@ class ReconstructionModule(L.LightningModule):
 
     def __init__(
         self,
-        geometry: Union[Dict[str, Any], Geometry],
+        geometry: Union[Dict[str, Any], Any],
         lr: float = 1e-3,
         betas: Tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         scheduler: str = "cosine",
         data_range: float = 1.0,
-        fbp_filter: str = "Hann",
-        fbp_frequency_scaling: float = 0.5,
+        fbp_filter: str = DEFAULT_FBP_FILTER,
+        fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
         ray_transform_backend: str = "auto",
         results_dir: Optional[str] = "outputs/results",
         method_name: Optional[str] = None,
@@ -71,33 +79,50 @@ class ReconstructionModule(L.LightningModule):
         fused_optimizer: bool = False,
     ):
         super().__init__()
-        geometry = geometry_from_dict(geometry)
+        geometry = spec_from_dict(geometry)
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         self.save_hyperparameters()  # collects the subclasses' arguments too
         # geometry as plain numbers: weights_only-safe checkpoints, equal to the data module's record
         self.save_hyperparameters(dict(self.hparams, geometry=geometry.to_dict()))
         self.geometry = geometry
-        self.ray_transform = RayTransform(geometry, backend=ray_transform_backend, check_finite=False)
-        self.fbp = FBP(geometry, fbp_filter, fbp_frequency_scaling, ray_transform=self.ray_transform)
-        self.val_psnr = PeakSignalNoiseRatio(data_range=data_range, reduction="elementwise_mean", dim=(1, 2, 3))
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=data_range)
+        self.operator = operator_from_dict(geometry, backend=ray_transform_backend, check_finite=False)
+        self.fbp = (FBP(geometry, fbp_filter, fbp_frequency_scaling, ray_transform=self.operator)
+                    if isinstance(geometry, Geometry2D) else None)
+        domain = self.operator.domain_shape
+        self.val_psnr = PeakSignalNoiseRatio(data_range=data_range, reduction="elementwise_mean",
+                                             dim=tuple(range(1, 1 + len(domain))))
+        # SSIM for images (B, 1, H, W) only; volumes and codes have their own scores
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=data_range) if self.is_image_problem else None
         self._test_rows: List[Dict[str, torch.Tensor]] = []
 
     @property
     def method_name(self) -> str:
         return self.hparams.get("method_name") or type(self).__name__
 
+    @property
+    def is_image_problem(self) -> bool:
+        """Reconstructions are single-channel images ``(B, 1, H, W)`` (PSNR and SSIM apply)."""
+        domain = self.operator.domain_shape
+        return len(domain) == 3 and domain[0] == 1
+
     # -- to implement ----------------------------------------------------------------------
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Images ``(B, 1, H, W)`` from a batch dict."""
+        """Reconstructions ``(B, *domain_shape)`` from a batch dict."""
         raise NotImplementedError
 
+    def measurement_batch(self, measurement: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The batch dict ``reconstruct`` needs, from measurements alone (adds the FBP for CT)."""
+        batch = {"measurement": measurement}
+        if self.fbp is not None:
+            batch["fbp"] = self.fbp(measurement)
+        return batch
+
     def forward(self, measurement: torch.Tensor) -> torch.Tensor:
-        """Reconstruct from sinograms ``(B, 1, A, D)`` alone (FBP computed here when needed)."""
+        """Reconstruct from measurements ``(B, *range_shape)`` alone (FBP computed here when needed)."""
         if not bool(torch.isfinite(measurement).all()):
             raise ValueError("measurement contains NaN or inf values")
-        return self.reconstruct({"measurement": measurement, "fbp": self.fbp(measurement)})
+        return self.reconstruct(self.measurement_batch(measurement))
 
     def on_fit_start(self) -> None:
         if self.hparams.get("channels_last"):
@@ -114,11 +139,30 @@ class ReconstructionModule(L.LightningModule):
         truth = batch["ground_truth"]
         with torch.autocast(self.device.type, enabled=False):  # SSIM's convolutions in bf16 are wrong
             self.val_psnr(pred, truth)
-            self.val_ssim(pred, truth)
+            if self.val_ssim is not None:
+                self.val_ssim(pred, truth)
         self.log("val/loss", torch.nn.functional.mse_loss(pred, truth), sync_dist=True, batch_size=len(truth))
         self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=len(truth))
-        self.log("val/ssim", self.val_ssim, batch_size=len(truth))
+        if self.val_ssim is not None:
+            self.log("val/ssim", self.val_ssim, batch_size=len(truth))
+        self.validation_extras(pred, batch)
         return pred
+
+    def validation_extras(self, pred: torch.Tensor, batch: Dict[str, torch.Tensor]) -> None:
+        """Further validation logs of a method family (none here)."""
+
+    def test_scores(self, pred: torch.Tensor, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Per-sample scores ``{name: (B,)}``: PSNR/SSIM with per-image and with the fixed data range."""
+        return image_metrics(pred, batch["ground_truth"], fixed_range=self.hparams.data_range)
+
+    def summarise_test(self, scores: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """The results-table row from all test samples' scores (mean and std of each)."""
+        row = {"method": self.method_name}
+        for key in ("psnr", "ssim", "psnr_fixed", "ssim_fixed"):
+            row[key], row[f"{key}_std"] = float(scores[key].mean()), float(scores[key].std())
+        row["seconds_per_image"] = float(scores["seconds"].mean())
+        row["images"] = len(scores["seconds"])
+        return row
 
     def test_step(self, batch, batch_idx):
         if self.device.type == "cuda":
@@ -128,29 +172,28 @@ class ReconstructionModule(L.LightningModule):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = torch.full((len(pred),), (time.perf_counter() - start) / len(pred), device=self.device)
-        scores = image_metrics(pred, batch["ground_truth"], fixed_range=self.hparams.data_range)
-        self._test_rows.append(dict(scores, seconds=seconds))
-        self.log("test/psnr", scores["psnr"].mean(), batch_size=len(pred), sync_dist=True)
-        self.log("test/ssim", scores["ssim"].mean(), batch_size=len(pred), sync_dist=True)
+        self._test_rows.append(dict(self.test_scores(pred, batch), seconds=seconds))
         return pred
 
     def on_test_start(self) -> None:
         """Build operators (matrix, ‖A‖) before the timed test steps."""
         with torch.no_grad():
-            zeros = torch.zeros(1, 1, *self.geometry.sinogram_shape, device=self.device)
-            self.reconstruct({"measurement": zeros, "fbp": self.fbp(zeros)})
+            zeros = torch.zeros(1, *self.operator.range_shape, device=self.device)
+            self.reconstruct(self.measurement_batch(zeros))
 
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
 
     def on_test_epoch_end(self) -> None:
-        per_image = {k: torch.cat([row[k] for row in self._test_rows]) for k in self._test_rows[0]}
-        gathered = {k: self.all_gather(v).reshape(-1).cpu() for k, v in per_image.items()}
-        row = {"method": self.method_name, "images": len(gathered["psnr"]),
-               "seconds_per_image": float(gathered["seconds"].mean())}
-        for key in ("psnr", "ssim", "psnr_fixed", "ssim_fixed"):
-            row[key], row[f"{key}_std"] = float(gathered[key].mean()), float(gathered[key].std())
+        per_sample = {k: torch.cat([row[k] for row in self._test_rows]) for k in self._test_rows[0]}
+        gathered = {k: self.all_gather(v).reshape(-1).cpu() for k, v in per_sample.items()}
+        row = self.summarise_test(gathered)
         self.test_results = row
+        for name, value in row.items():  # equal on every rank after the gather
+            if isinstance(value, float) and not name.endswith("_std"):
+                self.log(f"test/{name}", value)
+        rank_zero_info(f"{row['method']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                       for k, v in row.items() if k != "method"))
         if self.trainer.is_global_zero and self.hparams.results_dir:
             write_results_table(Path(self.hparams.results_dir), row)
 
@@ -197,27 +240,48 @@ def with_schedule(optimizer: torch.optim.Optimizer, scheduler: str, trainer) -> 
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+# Column headings and number formats of the results table; other columns print with 4 digits.
+_HEADINGS = {"psnr": ("PSNR (dB)", ".2f"), "ssim": ("SSIM", ".3f"), "psnr_fixed": ("PSNR, fixed range", ".2f"),
+             "ssim_fixed": ("SSIM, fixed range", ".3f"), "nmse": ("NMSE (dB)", ".2f"), "f1": ("F1", ".3f"),
+             "seconds_per_image": ("s/image", ".4f"), "images": ("images", "d")}
+
+
 def write_results_table(directory: Path, row: Dict[str, Any]) -> Path:
-    """Insert or replace ``row`` (by method name) in ``results.csv`` and rewrite ``results.md``."""
+    """Insert or replace ``row`` (by method name) in ``results.csv`` and rewrite ``results.md``.
+
+    Columns are those of the rows in the table, in order of first appearance; ``<name>_std`` columns
+    print as ``mean ± std`` next to ``<name>``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     csv_path = directory / "results.csv"
-    rows = []
+    rows: List[Dict[str, Any]] = []
+    columns: List[str] = []
     if csv_path.exists():
         with csv_path.open() as f:
-            rows = [r for r in csv.DictReader(f) if r["method"] != row["method"]]
-    rows.append({k: row[k] for k in TABLE_COLUMNS})
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            rows = [r for r in reader if r["method"] != row["method"]]
+    columns += [k for k in row if k not in columns]
+    rows.append(dict(row))
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| method | PSNR (dB) | SSIM | PSNR, fixed range | SSIM, fixed range | s/image | images |",
-             "|---|---|---|---|---|---|---|"]
+    shown = [c for c in columns if c != "method" and not (c.endswith("_std") and c[:-4] in columns)]
+    lines = ["| method | " + " | ".join(_HEADINGS.get(c, (c, ""))[0] for c in shown) + " |",
+             "|---" * (len(shown) + 1) + "|"]
     for r in rows:
-        f = {k: float(r[k]) for k in TABLE_COLUMNS if k != "method"}
-        lines.append(
-            f"| {r['method']} | {f['psnr']:.2f} ± {f['psnr_std']:.2f} | {f['ssim']:.3f} ± {f['ssim_std']:.3f} | "
-            f"{f['psnr_fixed']:.2f} ± {f['psnr_fixed_std']:.2f} | {f['ssim_fixed']:.3f} ± {f['ssim_fixed_std']:.3f} | "
-            f"{f['seconds_per_image']:.4f} | {int(f['images'])} |"
-        )
+        cells = [str(r["method"])]
+        for c in shown:
+            cells.append(_cell(r.get(c), _HEADINGS.get(c, (c, ".4g"))[1], r.get(f"{c}_std")))
+        lines.append("| " + " | ".join(cells) + " |")
     (directory / "results.md").write_text("\n".join(lines) + "\n")
     return directory / "results.md"
+
+
+def _cell(value: Any, fmt: str, std: Any = None) -> str:
+    if value in (None, ""):
+        return ""
+    value = int(float(value)) if fmt == "d" else float(value)
+    text = format(value, fmt)
+    return text if std in (None, "") else f"{text} ± {format(float(std), fmt)}"

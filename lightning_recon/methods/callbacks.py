@@ -1,5 +1,6 @@
-"""Callbacks: image panels of fixed validation samples (fixed intensity window), posterior panels of
-samplers, learning rate."""
+"""Every callback of the methods: image panels of fixed validation samples (fixed intensity window),
+posterior panels of samplers, max-intensity projections of volumes, the learning rate; and the one
+way they publish pictures (W&B image, or PNG in the run folder)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "panel_rows", "posterior_panel_rows",
-           "publish_panels"]
+__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "VolumePanels", "gray_to_rgb_uint8",
+           "panel_rows", "posterior_panel_rows", "projection_panel", "publish_panels"]
 
 
 class LearningRateLogger(LearningRateMonitor):
@@ -35,6 +36,11 @@ def _window(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return ((image - low) / (high - low)).clamp(0, 1)
 
 
+def gray_to_rgb_uint8(gray: torch.Tensor) -> torch.Tensor:
+    """A gray image ``(H, W)`` in [0, 1] as uint8 RGB ``(3, H, W)`` on the CPU (what loggers take)."""
+    return (gray.expand(3, *gray.shape) * 255).round().to(torch.uint8).cpu()
+
+
 def panel_rows(truth: torch.Tensor, fbp: torch.Tensor, recon: torch.Tensor, window=(0.0, 1.0),
                error_max: float = 0.25) -> List[torch.Tensor]:
     """One uint8 RGB image ``(3, H, 4W)`` per sample: ground truth | FBP | reconstruction | |error|.
@@ -45,8 +51,7 @@ def panel_rows(truth: torch.Tensor, fbp: torch.Tensor, recon: torch.Tensor, wind
     rows = []
     for t, f, r in zip(truth[:, 0], fbp[:, 0], recon[:, 0]):
         tiles = [_window(t, *window), _window(f, *window), _window(r, *window), _window((r - t).abs(), 0.0, error_max)]
-        gray = torch.cat([tile.T.flip(0) for tile in tiles], dim=1)  # (H, 4W)
-        rows.append((gray.expand(3, *gray.shape) * 255).round().to(torch.uint8).cpu())
+        rows.append(gray_to_rgb_uint8(torch.cat([tile.T.flip(0) for tile in tiles], dim=1)))  # (3, H, 4W)
     return rows
 
 
@@ -76,13 +81,17 @@ class ReconstructionPanels(L.Callback):
         rows = panel_rows(self._batch["truth"], self._batch["fbp"], self._batch["recon"], self.window)
         caption = [f"sample {i}: ground truth | FBP | {type(pl_module).__name__} | |error| (window {self.window})"
                    for i in range(len(rows))]
-        publish_panels(trainer, rows, caption, key="val/panels", file_prefix="")
+        publish_panels(trainer, rows, caption, key="val/panels", file_name=_panel_file(trainer, ""))
         self._batch = None
 
 
-def publish_panels(trainer, rows: List[torch.Tensor], caption: List[str], key: str, file_prefix: str) -> None:
+def _panel_file(trainer, prefix: str) -> str:
+    return f"panels/{prefix}epoch{trainer.current_epoch:04d}-step{trainer.global_step}.png"
+
+
+def publish_panels(trainer, rows: List[torch.Tensor], caption: List[str], key: str, file_name: str) -> None:
     """Log uint8 ``(3, H, W)`` rows as W&B images under ``key``, or, without a W&B logger, save them
-    as one PNG ``<log_dir>/panels/<file_prefix>epoch…-step….png``."""
+    stacked as one PNG ``<log_dir>/<file_name>`` (e.g. ``panels/epoch0003-step1200.png``)."""
     loggers = trainer.loggers
     for logger in loggers:
         if isinstance(logger, WandbLogger):
@@ -93,11 +102,9 @@ def publish_panels(trainer, rows: List[torch.Tensor], caption: List[str], key: s
 
         # not trainer.log_dir: it broadcasts, and the callers run on rank zero only
         root = getattr(loggers[0], "log_dir", None) if loggers else None
-        folder = Path(root or trainer.default_root_dir) / "panels"
-        folder.mkdir(parents=True, exist_ok=True)
-        save_image(torch.stack(rows).float() / 255,
-                   folder / f"{file_prefix}epoch{trainer.current_epoch:04d}-step{trainer.global_step}.png",
-                   nrow=1, padding=2)
+        path = Path(root or trainer.default_root_dir) / file_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(torch.stack(rows).float() / 255, path, nrow=1, padding=2)
 
 
 def posterior_panel_rows(truth: torch.Tensor, samples: torch.Tensor, window=(0.0, 1.0), std_max: float = 0.1,
@@ -116,8 +123,7 @@ def posterior_panel_rows(truth: torch.Tensor, samples: torch.Tensor, window=(0.0
         tiles = [_window(truth[b, 0], *window), _window(mean[b, 0], *window), _window(std[b, 0], 0.0, std_max),
                  _window((mean[b, 0] - truth[b, 0]).abs(), 0.0, error_max)]
         tiles += [_window(sample[b, 0], *window) for sample in samples[:shown_samples]]
-        gray = torch.cat([tile.T.flip(0) for tile in tiles], dim=1)
-        rows.append((gray.expand(3, *gray.shape) * 255).round().to(torch.uint8).cpu())
+        rows.append(gray_to_rgb_uint8(torch.cat([tile.T.flip(0) for tile in tiles], dim=1)))
     return rows
 
 
@@ -157,5 +163,47 @@ class PosteriorPanels(L.Callback):
         caption = [f"sample {i}: ground truth | mean | std (0–{self.std_max}) | |error| (0–{self.error_max}) | "
                    f"{min(self.shown_samples, self.num_samples)} samples; {self.num_samples} draws, window {self.window}"
                    for i in range(len(rows))]
-        publish_panels(trainer, rows, caption, key="val/posterior_panels", file_prefix="posterior-")
+        publish_panels(trainer, rows, caption, key="val/posterior_panels", file_name=_panel_file(trainer, "posterior-"))
         self._batch = None
+
+
+def projection_panel(truth: torch.Tensor, recon: torch.Tensor, window=(0.0, 1.0), zoom: int = 3) -> torch.Tensor:
+    """uint8 RGB ``(3, zoom (H + D'), 2 zoom W)``: max-intensity projections of a ground truth |
+    reconstruction volume ``(D, H, W)``, along depth (top) and along rows (bottom, depth stretched
+    to ``D'``), enlarged ``zoom`` times (nearest neighbour)."""
+    tiles = []
+    for volume in (truth, recon):
+        volume = _window(volume.float(), *window)
+        stretch = max(1, volume.shape[1] // (4 * volume.shape[0]))
+        side = volume.amax(dim=1).repeat_interleave(stretch, dim=0)  # (D', W): x–z projection
+        tiles.append(torch.cat([volume.amax(dim=0), side], dim=0))
+    gray = torch.cat(tiles, dim=1).repeat_interleave(zoom, dim=0).repeat_interleave(zoom, dim=1)
+    return gray_to_rgb_uint8(gray)
+
+
+class VolumePanels(L.Callback):
+    """Max-intensity projections (ground truth | reconstruction) of the first validation volumes.
+
+    Fixed ``window`` in data units; rank zero only; W&B images ``val/projections`` or PNGs under
+    ``<log_dir>/panels`` for other loggers.
+    """
+
+    def __init__(self, num_samples: int = 4, window=(0.0, 1.0)):
+        self.num_samples, self.window = num_samples, tuple(window)
+        self._panels = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and trainer.is_global_zero and isinstance(outputs, torch.Tensor) and outputs.dim() == 4:
+            n = self.num_samples
+            self._panels = [projection_panel(t, r, self.window)
+                            for t, r in zip(batch["ground_truth"][:n], outputs[:n].detach())]
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not self._panels or trainer.sanity_checking:
+            return
+        caption = [f"sample {i}: truth | {pl_module.method_name} (top: along depth, bottom: along rows; "
+                   f"window {self.window})" for i in range(len(self._panels))]
+        publish_panels(trainer, self._panels, caption, key="val/projections",
+                       file_name=_panel_file(trainer, "projections-"))
+        self._panels = None

@@ -45,10 +45,10 @@ class FBPBaseline(_TunedBaseline):
         scores = {}
         for filter_type in self.hparams.filters:
             for scaling in self.hparams.frequency_scalings:
-                fbp = FBP(self.geometry, filter_type, scaling, ray_transform=self.ray_transform).to(self.device)
+                fbp = FBP(self.geometry, filter_type, scaling, ray_transform=self.operator).to(self.device)
                 scores[(filter_type, scaling)] = float(psnr(fbp(measurement), truth).mean())
         (filter_type, scaling), best = max(scores.items(), key=lambda item: item[1])
-        self.fbp = FBP(self.geometry, filter_type, scaling, ray_transform=self.ray_transform).to(self.device)
+        self.fbp = FBP(self.geometry, filter_type, scaling, ray_transform=self.operator).to(self.device)
         self.hparams.update(fbp_filter=filter_type, fbp_frequency_scaling=scaling)
         rank_zero_info(f"FBP tuned on {len(truth)} validation samples: {filter_type}, frequency scaling {scaling} "
                        f"({best:.2f} dB)")
@@ -67,11 +67,11 @@ class TVBaseline(_TunedBaseline):
         super().__init__(method_name=method_name, **kwargs)
 
     def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> None:
-        alpha, _ = tune_alpha(measurement, truth, self.ray_transform, alphas=self.hparams.alphas,
+        alpha, _ = tune_alpha(measurement, truth, self.operator, alphas=self.hparams.alphas,
                               iterations=self.hparams.iterations)
         self.hparams.update(alpha=float(alpha))
         rank_zero_info(f"TV tuned on {len(truth)} validation samples: alpha {alpha:g}")
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return tv_pdhg(batch["measurement"], self.ray_transform, self.hparams.alpha, iterations=self.hparams.iterations,
+        return tv_pdhg(batch["measurement"], self.operator, self.hparams.alpha, iterations=self.hparams.iterations,
                        nonnegative=self.hparams.nonnegative)

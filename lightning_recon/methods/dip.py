@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Union
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..metrics import psnr, ssim
 from ..nets import UNet
-from ..physics.fbp import FBP
-from ..physics.geometry import Geometry, geometry_from_dict
-from ..physics.ray_transform import RayTransform
+from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
+from ..physics.geometry import Geometry
+from .base import ReconstructionModule
+from .callbacks import gray_to_rgb_uint8, publish_panels
 from .variational import total_variation
 
 __all__ = ["DeepImagePrior", "RepeatedMeasurement"]
@@ -41,8 +41,11 @@ class RepeatedMeasurement(Dataset):
         return DataLoader(self, batch_size=1, shuffle=False)
 
 
-class DeepImagePrior(L.LightningModule):
+class DeepImagePrior(ReconstructionModule):
     """DIP reconstruction of one sinogram ``(1, 1, A, D)``; fit it with ``trainer.fit(model, loader)``.
+
+    A :class:`ReconstructionModule` whose training is the per-measurement optimisation; the settings
+    of the base not listed here (scheduler, results table, …) keep their defaults.
 
     Args:
         geometry: the measurement geometry (dict of numbers).
@@ -75,16 +78,16 @@ class DeepImagePrior(L.LightningModule):
         lr_warmup: int = 0,
         pretrained: Optional[str] = None,
         seed: int = 0,
-        fbp_filter: str = "Hann",
-        fbp_frequency_scaling: float = 1.0,
+        fbp_filter: str = DEFAULT_FBP_FILTER,
+        fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
         data_loss: str = "mse",
         photons: float = 1e4,
         early_stop_window: int = 0,
         early_stop_patience: int = 300,
         snapshot_every: int = 0,
     ):
-        super().__init__()
-        geometry = geometry_from_dict(geometry)
+        super().__init__(geometry, lr=lr, scheduler="none", fbp_filter=fbp_filter,
+                         fbp_frequency_scaling=fbp_frequency_scaling, results_dir=None)
         if network_input not in ("noise", "fbp"):
             raise ValueError(f"network_input must be 'noise' or 'fbp', got {network_input!r}")
         if data_loss not in ("mse", "poisson"):
@@ -93,12 +96,7 @@ class DeepImagePrior(L.LightningModule):
             raise ValueError(f"lr_warmup must be >= 0, got {lr_warmup}")
         if tv_weight < 0:
             raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
-        self.save_hyperparameters()
-        self.save_hyperparameters(dict(self.hparams, geometry=geometry.to_dict(), channels=list(channels),
-                                       skip_channels=list(skip_channels)))
-        self.geometry = geometry
-        self.ray_transform = RayTransform(geometry)
-        self.fbp = FBP(geometry, fbp_filter, fbp_frequency_scaling, ray_transform=self.ray_transform)
+        self.save_hyperparameters(dict(self.hparams, channels=list(channels), skip_channels=list(skip_channels)))
         self.net = UNet(1, 1, channels=tuple(channels), skip_channels=tuple(skip_channels), norm="group")
         if pretrained:
             state = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"]
@@ -129,6 +127,8 @@ class DeepImagePrior(L.LightningModule):
     def network_input(self, y: torch.Tensor) -> torch.Tensor:
         """The fixed input ``z`` (scaled to O(1)); also fixes ``image_scale`` = max of the FBP."""
         if not hasattr(self, "_input") or self._input.device != y.device:
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError("measurement contains NaN or inf values")
             fbp = self.fbp(y).detach()
             self.image_scale = float(fbp.max().clamp_min(1e-12))
             if self.hparams.network_input == "fbp":
@@ -138,14 +138,18 @@ class DeepImagePrior(L.LightningModule):
                 self._input = (0.1 * torch.rand((1, 1, *self.geometry.image_shape), generator=gen)).to(y.device)
         return self._input
 
+    def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The current network image in the units of the measurement's image (the network works at O(1))."""
+        return self.net(self.network_input(batch["measurement"])) * self.image_scale
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """The reconstruction in the units of ``y``'s image (the network works at O(1))."""
-        return self.net(self.network_input(y)) * self.image_scale
+        """``reconstruct`` from the sinogram ``(1, 1, A, D)`` (checked once, when the input is made)."""
+        return self.reconstruct({"measurement": y})
 
     def training_step(self, y: torch.Tensor, batch_idx: int):
         x = self(y)
         # relative data misfit and per-pixel TV of the O(1) image: γ means the same on any scan
-        data_loss = self.data_misfit(self.ray_transform(x), y)
+        data_loss = self.data_misfit(self.operator(x), y)
         loss = data_loss + self.hparams.tv_weight * total_variation(x / self.image_scale).mean() / x[0].numel()
         value = float(loss.detach())
         self.losses.append(value)
@@ -190,22 +194,10 @@ class DeepImagePrior(L.LightningModule):
             self.trainer.should_stop = True
 
     def _snapshot(self, x: torch.Tensor) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        image = x[0, 0] / self.image_scale
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="train/snapshot", images=[image.T.flip(0).clamp(0, 1).cpu().numpy()],
-                                 step=self.global_step)
-                return
-        if self.trainer.log_dir:
-            from pathlib import Path
-
-            from torchvision.utils import save_image
-
-            folder = Path(self.trainer.log_dir) / "snapshots"
-            folder.mkdir(parents=True, exist_ok=True)
-            save_image(image.T.flip(0).clamp(0, 1)[None], folder / f"step{self.global_step:06d}.png")
+        """The current image (window [0, max FBP]) as W&B image ``train/snapshot`` or PNG ``snapshots/step….png``."""
+        row = gray_to_rgb_uint8((x[0, 0] / self.image_scale).clamp(0, 1).T.flip(0))
+        publish_panels(self.trainer, [row], [f"iteration {self.global_step}"], key="train/snapshot",
+                       file_name=f"snapshots/step{self.global_step:06d}.png")
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)

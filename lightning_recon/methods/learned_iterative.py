@@ -1,4 +1,4 @@
-"""Learned iterative schemes with the ray transform inside the network."""
+"""Learned iterative schemes with the forward operator inside the network."""
 from __future__ import annotations
 
 from typing import Dict
@@ -22,7 +22,7 @@ class _UnrolledModule(ReconstructionModule):
         """The network with ``op_norm`` set; reads the buffer once (one host synchronisation per run)."""
         if self.__dict__.get("_op_norm_value") is None:
             if float(self.operator_norm) == 0.0:
-                self.operator_norm.fill_(self.ray_transform.operator_norm())
+                self.operator_norm.fill_(self.operator.operator_norm())
             self.__dict__["_op_norm_value"] = float(self.operator_norm)
         self.net.op_norm = self.__dict__["_op_norm_value"]
         return self.net
@@ -46,7 +46,7 @@ class LearnedGD(_UnrolledModule):
         super().__init__(**kwargs)
         if init not in ("fbp", "zero"):
             raise ValueError(f"init must be 'fbp' or 'zero', got {init!r}")
-        self.net = LearnedGradientDescent(self.ray_transform, self.ray_transform.adjoint, n_iter=n_iter,
+        self.net = LearnedGradientDescent(self.operator, n_iter=n_iter,
                                           hidden_channels=hidden_channels, checkpointing=checkpointing)
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -62,7 +62,7 @@ class LearnedPD(_UnrolledModule):
     def __init__(self, n_iter: int = 10, n_primal: int = 5, n_dual: int = 5, hidden_channels: int = 32,
                  checkpointing: bool = False, betas=(0.9, 0.99), **kwargs):
         super().__init__(betas=betas, **kwargs)
-        self.net = LearnedPrimalDual(self.ray_transform, self.ray_transform.adjoint, n_iter=n_iter,
+        self.net = LearnedPrimalDual(self.operator, n_iter=n_iter,
                                      n_primal=n_primal, n_dual=n_dual, hidden_channels=hidden_channels,
                                      checkpointing=checkpointing)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..metrics import psnr
-from ..physics.ray_transform import RayTransform
+from ..physics.operator import LinearOperator
 
 __all__ = ["gradient", "divergence", "total_variation", "tv_pdhg", "tune_alpha"]
 
@@ -78,7 +78,7 @@ def _per_sample_alpha(alpha: Union[float, torch.Tensor], batch: int, like: torch
 @torch.no_grad()
 def tv_pdhg(
     y: torch.Tensor,
-    ray_transform: RayTransform,
+    operator: LinearOperator,
     alpha: Union[float, torch.Tensor],
     iterations: int = 500,
     nonnegative: bool = True,
@@ -91,7 +91,7 @@ def tv_pdhg(
 
     Args:
         y: sinograms ``(B, 1, n_angles, n_det)`` in line-integral units (image value × length).
-        ray_transform: the operator ``A`` of ``y``'s geometry.
+        operator: ``A`` from images ``(B, 1, H, W)`` to ``y``'s space (a ``RayTransform``, or any image operator).
         alpha: TV weight ``≥ 0``, in the units of ``½‖Ax − y‖²`` per unit of TV (see
             :func:`total_variation`); a number or one per sample, shape ``(B,)``.
         iterations: PDHG iterations (each one ``A`` and one ``Aᵀ``).
@@ -113,14 +113,14 @@ def tv_pdhg(
     """
     if not isinstance(y, torch.Tensor) or not y.is_floating_point():
         raise ValueError(f"y must be a floating-point torch.Tensor, got {type(y).__name__}")
-    if y.dim() != 4 or y.shape[1] != 1 or tuple(y.shape[2:]) != tuple(ray_transform.range_shape):
-        raise ValueError(f"y must be sinograms (B, 1, {', '.join(map(str, ray_transform.range_shape))}) "
-                         f"for this ray transform, got shape {tuple(y.shape)}")
+    if y.dim() != 4 or tuple(y.shape[1:]) != tuple(operator.range_shape):
+        raise ValueError(f"y must be measurements (sinograms for CT) (B, {', '.join(map(str, operator.range_shape))}) "
+                         f"for this operator, got shape {tuple(y.shape)}")
     if not bool(torch.isfinite(y).all()):
         raise ValueError("y contains NaN or inf values")
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    image_shape = (y.shape[0], 1, *ray_transform.domain_shape)
+    image_shape = (y.shape[0], *operator.domain_shape)
     if x0 is not None and (not isinstance(x0, torch.Tensor) or tuple(x0.shape) != image_shape):
         raise ValueError(f"x0 must be images of shape {image_shape}, got "
                          f"{tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__}")
@@ -131,7 +131,7 @@ def tv_pdhg(
         y = y.float()  # the ray transform computes in float32; so does the iteration
     alpha = _per_sample_alpha(alpha, y.shape[0], y)
 
-    norm = ray_transform.operator_norm(device=y.device)
+    norm = operator.operator_norm(device=y.device)
     y = y / norm
     # the TV dual lives in pointwise balls of this radius (kept > 0 so that α = 0 divides safely)
     radius = (alpha / norm**2).clamp_min(torch.finfo(y.dtype).tiny).view(-1, 1, 1, 1, 1)
@@ -146,14 +146,14 @@ def tv_pdhg(
     dual_tv = torch.zeros((y.shape[0], 2, *image_shape[1:]), dtype=y.dtype, device=y.device)
     for _ in tqdm(range(iterations), desc="TV-PDHG", disable=not progress, leave=False):
         # prox of σF* for F = ½‖· − y‖²: (v − σy) / (1 + σ)
-        dual_data = (dual_data + dual_step * (ray_transform(x_extrapolated) / norm - y)) / (1 + dual_step)
+        dual_data = (dual_data + dual_step * (operator(x_extrapolated) / norm - y)) / (1 + dual_step)
         # prox of σF* for F = α‖·‖: projection onto the dual norm's ball of radius α
         dual_tv = dual_tv + dual_step * gradient(x_extrapolated)
         if isotropic:
             dual_tv = dual_tv / (dual_tv.pow(2).sum(1, keepdim=True).sqrt() / radius).clamp_min(1.0)
         else:
             dual_tv = torch.minimum(torch.maximum(dual_tv, -radius), radius)
-        x_next = x - primal_step * (ray_transform.adjoint(dual_data) / norm - divergence(dual_tv))
+        x_next = x - primal_step * (operator.adjoint(dual_data) / norm - divergence(dual_tv))
         if nonnegative:
             x_next = x_next.clamp_min(0)
         x_extrapolated = 2 * x_next - x
@@ -164,7 +164,7 @@ def tv_pdhg(
 def tune_alpha(
     val_measurements: torch.Tensor,
     val_truths: torch.Tensor,
-    ray_transform: RayTransform,
+    operator: LinearOperator,
     alphas: Sequence[float],
     iterations: int = 500,
     **pdhg_options,
@@ -187,7 +187,7 @@ def tune_alpha(
                          f"got shape {tuple(val_truths.shape)}")
     count = val_measurements.shape[0]
     candidates = torch.tensor([float(a) for a in alphas], dtype=val_measurements.dtype, device=val_measurements.device)
-    recon = tv_pdhg(val_measurements.repeat(len(alphas), 1, 1, 1), ray_transform, candidates.repeat_interleave(count),
+    recon = tv_pdhg(val_measurements.repeat(len(alphas), 1, 1, 1), operator, candidates.repeat_interleave(count),
                     iterations=iterations, **pdhg_options)
     scores = psnr(recon, val_truths.to(recon.device).repeat(len(alphas), 1, 1, 1)).view(len(alphas), count).mean(1)
     table = {float(a): float(s) for a, s in zip(alphas, scores)}

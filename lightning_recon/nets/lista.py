@@ -27,8 +27,8 @@ class LISTA(nn.Module):
     with step ``η = 1/‖A‖²``; training improves on that (Gregor & LeCun 2010).
 
     Args:
-        operator: a :class:`~lightning_recon.physics.linear.LinearOperator` (``weight``,
-            ``forward``, ``adjoint_with``, ``domain_shape``).
+        operator: a :class:`~lightning_recon.physics.operator.WeightedOperator` (``weight``,
+            ``adjoint_with``), e.g. a light-field model or a dictionary.
         num_layers: ``K``.
         tied: one ``W`` and one ``θ`` shared by all layers; ``False``: per layer.
         nonnegative: ReLU shrinkage (non-negative codes, e.g. fluorescence).
@@ -43,6 +43,9 @@ class LISTA(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if sparsity_weight < 0:
             raise ValueError(f"sparsity_weight must be >= 0, got {sparsity_weight}")
+        if not hasattr(operator, "adjoint_with") or not hasattr(operator, "weight"):
+            raise TypeError(f"LISTA learns back-projections from an operator's weight: it needs a WeightedOperator "
+                            f"(weight, adjoint_with), got {type(operator).__name__}")
         self.operator = operator
         self.num_layers, self.tied, self.nonnegative = int(num_layers), bool(tied), bool(nonnegative)
         step = float(step) if step is not None else 1.0 / operator.operator_norm() ** 2

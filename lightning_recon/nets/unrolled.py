@@ -1,10 +1,11 @@
 """Unrolled networks with the forward operator inside: learned gradient descent (Adler & Öktem
 2017) and learned primal-dual (Adler & Öktem 2018).
 
-The operator ``A`` and its adjoint are passed in as callables, ``(B, C, H, W) -> (B, C, A, D)`` and
-back. They are kept out of the module tree (stored in ``self.__dict__``), so ``state_dict()`` holds
-only learned weights, ``.to(device)`` leaves them alone, and the network pickles whenever the
-operators do.
+The operator ``A`` comes in as an object of the physics contract
+(:class:`~lightning_recon.physics.operator.LinearOperator`: ``A(x)``, ``A.adjoint(y)``), images
+``(B, 1, H, W)`` to measurements ``(B, 1, A, D)``. It is kept out of the module tree (stored in
+``self.__dict__``), so ``state_dict()`` holds only learned weights, ``.to(device)`` leaves it alone,
+and the network pickles whenever the operator does (its backend state is rebuilt, never pickled).
 
 Operator normalisation: both networks use ``A / op_norm`` and ``Aᵀ / op_norm`` and the measurement
 ``y / op_norm`` (set ``op_norm`` to ‖A‖₂, a plain attribute that may be changed after construction,
@@ -14,15 +15,13 @@ the convolutions is of order one.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["LearnedGradientDescent", "LearnedPrimalDual"]
-
-Operator = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _update_block(c_in: int, c_out: int, hidden: int) -> nn.Sequential:
@@ -37,24 +36,25 @@ def _update_block(c_in: int, c_out: int, hidden: int) -> nn.Sequential:
 
 
 class _Unrolled(nn.Module):
-    """Holds the (unregistered) operators, the normalisation and optional checkpointing."""
+    """Holds the (unregistered) operator, the normalisation and optional checkpointing."""
 
-    def __init__(self, forward_op: Operator, adjoint_op: Operator, op_norm: float, checkpointing: bool):
+    def __init__(self, operator: nn.Module, op_norm: float, checkpointing: bool):
         super().__init__()
         if op_norm <= 0:
             raise ValueError(f"op_norm must be positive, got {op_norm}")
-        self.__dict__["forward_op"] = forward_op
-        self.__dict__["adjoint_op"] = adjoint_op
+        if not (callable(operator) and hasattr(operator, "adjoint")):
+            raise TypeError(f"operator must be a LinearOperator (A(x) and A.adjoint(y)), got {type(operator).__name__}")
+        self.__dict__["operator"] = operator
         self.op_norm = float(op_norm)
         self.checkpointing = checkpointing
 
     def normalised_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A x / op_norm``: ``(B, C, H, W) -> (B, C, A, D)``."""
-        return self.forward_op(x) / self.op_norm
+        return self.operator(x) / self.op_norm
 
     def normalised_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``Aᵀ y / op_norm``: ``(B, C, A, D) -> (B, C, H, W)``."""
-        return self.adjoint_op(y) / self.op_norm
+        return self.operator.adjoint(y) / self.op_norm
 
     def _run(self, step: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
         """``step(*inputs)``, recomputing its activations in the backward pass if checkpointing."""
@@ -87,7 +87,7 @@ class LearnedGradientDescent(_Unrolled):
     (module docstring).
 
     Args:
-        forward_op, adjoint_op: ``A`` and ``Aᵀ``, ``(B, 1, H, W) <-> (B, 1, n_angles, n_det)``.
+        operator: ``A``, ``(B, 1, H, W) -> (B, 1, n_angles, n_det)``, with ``A.adjoint``.
         n_iter: unrolled iterations.
         hidden_channels: width of each update network.
         n_memory: extra state channels ``s`` carried from one iteration to the next (Adler & Öktem
@@ -100,8 +100,7 @@ class LearnedGradientDescent(_Unrolled):
 
     def __init__(
         self,
-        forward_op: Operator,
-        adjoint_op: Operator,
+        operator: nn.Module,
         n_iter: int = 10,
         hidden_channels: int = 32,
         n_memory: int = 0,
@@ -109,7 +108,7 @@ class LearnedGradientDescent(_Unrolled):
         op_norm: float = 1.0,
         checkpointing: bool = False,
     ):
-        super().__init__(forward_op, adjoint_op, op_norm, checkpointing)
+        super().__init__(operator, op_norm, checkpointing)
         if n_iter < 1 or n_memory < 0:
             raise ValueError(f"need n_iter >= 1 and n_memory >= 0; got {n_iter}, {n_memory}")
         self.n_memory = n_memory
@@ -164,7 +163,7 @@ class LearnedPrimalDual(_Unrolled):
     ``op_norm`` (module docstring). The output is the primal channel 0.
 
     Args:
-        forward_op, adjoint_op: ``A`` and ``Aᵀ``, ``(B, 1, H, W) <-> (B, 1, n_angles, n_det)``.
+        operator: ``A``, ``(B, 1, H, W) -> (B, 1, n_angles, n_det)``, with ``A.adjoint``.
         n_iter: unrolled iterations.
         n_primal, n_dual: primal (≥ 2) and dual (≥ 1) memory channels.
         hidden_channels: width of each update network.
@@ -174,8 +173,7 @@ class LearnedPrimalDual(_Unrolled):
 
     def __init__(
         self,
-        forward_op: Operator,
-        adjoint_op: Operator,
+        operator: nn.Module,
         n_iter: int = 10,
         n_primal: int = 5,
         n_dual: int = 5,
@@ -183,7 +181,7 @@ class LearnedPrimalDual(_Unrolled):
         op_norm: float = 1.0,
         checkpointing: bool = False,
     ):
-        super().__init__(forward_op, adjoint_op, op_norm, checkpointing)
+        super().__init__(operator, op_norm, checkpointing)
         if n_iter < 1 or n_primal < 2 or n_dual < 1:
             raise ValueError(f"need n_iter >= 1, n_primal >= 2, n_dual >= 1; got {n_iter}, {n_primal}, {n_dual}")
         self.n_primal, self.n_dual = n_primal, n_dual

@@ -1,32 +1,38 @@
-"""Physics layer: CT geometries, ray transforms, FBP, noise, phantoms; light-field and dictionary operators."""
+"""Physics layer: one operator contract (``operator.py``) and its forward models — CT ray transforms
+with FBP, light-field microscopes, sparse-coding dictionaries — plus noise and phantoms."""
 from .fbp import FBP, FILTERS
-from .lightfield import LightFieldGeometry, LightFieldModel, sparse_operator_from_dict
-from .linear import ConvolutionalDictionary, LinearOperator, MatrixOperator, SparseCodingProblem
 from .geometry import ConeBeam3D, FanBeam2D, Geometry, Geometry2D, ParallelBeam2D, geometry_from_dict
+from .lightfield import LightFieldGeometry, LightFieldModel
+from .linear import ConvolutionalDictionary, MatrixOperator, SparseCodingProblem
 from .noise import LODOPAB_MU_MAX, GaussianNoise, PoissonNoise
-from .ray_transform import BACKENDS, Backprojection, RayTransform, astra_cuda_available
+from .operator import (AdjointOperator, LinearOperator, WeightedOperator, operator_from_dict, registered_operators,
+                       spec_from_dict)
+from .ray_transform import BACKENDS, RayTransform, astra_cuda_available
 
 __all__ = [
     "BACKENDS",
     "FBP",
     "FILTERS",
     "LODOPAB_MU_MAX",
-    "Backprojection",
+    "AdjointOperator",
     "ConvolutionalDictionary",
     "ConeBeam3D",
     "FanBeam2D",
     "GaussianNoise",
+    "Geometry",
+    "Geometry2D",
     "LightFieldGeometry",
     "LightFieldModel",
     "LinearOperator",
     "MatrixOperator",
-    "Geometry",
-    "Geometry2D",
     "ParallelBeam2D",
     "PoissonNoise",
     "RayTransform",
     "SparseCodingProblem",
+    "WeightedOperator",
     "astra_cuda_available",
     "geometry_from_dict",
-    "sparse_operator_from_dict",
+    "operator_from_dict",
+    "registered_operators",
+    "spec_from_dict",
 ]

@@ -16,9 +16,14 @@ from torch import nn
 from .geometry import ConeBeam3D, Geometry, geometry_from_dict
 from .ray_transform import RayTransform
 
-__all__ = ["FBP", "FILTERS", "fbp_filter_response"]
+__all__ = ["DEFAULT_FBP_FILTER", "DEFAULT_FBP_FREQUENCY_SCALING", "FBP", "FILTERS", "fbp_filter_response"]
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
+# The one default FBP of the project (this module, the methods, the data modules, DIP): Hann window,
+# frequencies above half the maximum cut (the best of a grid on ellipses-30 at 2.5 % noise, 24.2 dB;
+# docs/results.md). Runs that want another say so (finetune.py gives DIP the uncut FBP, scaling 1.0).
+DEFAULT_FBP_FILTER = "Hann"
+DEFAULT_FBP_FREQUENCY_SCALING = 0.5
 
 
 def fbp_filter_response(norm_freq: np.ndarray, filter_type: str, frequency_scaling: float) -> np.ndarray:
@@ -55,8 +60,8 @@ class FBP(nn.Module):
     def __init__(
         self,
         geometry: Union[Geometry, dict],
-        filter_type: str = "Ram-Lak",
-        frequency_scaling: float = 1.0,
+        filter_type: str = DEFAULT_FBP_FILTER,
+        frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
         padding: bool = True,
         backend: str = "auto",
         ray_transform: Optional[RayTransform] = None,

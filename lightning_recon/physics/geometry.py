@@ -2,8 +2,9 @@
 
 Conventions follow ODL: an image tensor ``(H, W)`` is ODL's array with axis 0 along ``x`` and
 axis 1 along ``y``, centred at the origin, with physical side lengths ``image_extent``. A
-sinogram is ``(num_angles, num_detector_pixels)``. Angles are in radians. Lengths share one unit
-(by default one pixel).
+sinogram is ``(num_angles, num_detector_pixels)``: ``num_angles`` is always the number of angles
+actually measured (after any ``angle_step`` subsampling). Angles are in radians. Lengths share one
+unit (by default one pixel).
 """
 from __future__ import annotations
 
@@ -58,11 +59,20 @@ class _PlainNumbers:
 
 @dataclass(frozen=True)
 class Geometry2D(_PlainNumbers):
-    """Fields shared by the 2D geometries; see the concrete classes."""
+    """Fields shared by the 2D geometries; see the concrete classes.
+
+    Angles: ``num_angles`` is the number of angles actually measured, the first axis of the
+    sinogram (``num_angles == n_angles`` after construction). Without explicit ``angles`` they are
+    every ``angle_step``-th cell midpoint of a uniform grid of ``num_angles * angle_step`` cells over
+    ``angle_range`` (``num_angles=30, angle_step=6``: 30 angles 6° apart, those of a 180-angle grid).
+    With explicit ``angles`` the measured ones are ``angles[::angle_step]``; ``num_angles`` may be
+    left out (``None``: their count) and must otherwise equal that count. ``num_angles`` defaults to
+    30 without explicit angles.
+    """
 
     image_shape: Tuple[int, int] = (128, 128)
     image_extent: Optional[Tuple[float, float]] = None
-    num_angles: int = 30
+    num_angles: Optional[int] = None
     angle_range: Tuple[float, float] = (0.0, math.pi)
     angles: Optional[Tuple[float, ...]] = None
     angle_step: int = 1
@@ -79,6 +89,32 @@ class Geometry2D(_PlainNumbers):
         if self.angles is not None:
             object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
         self._validate()
+        self._resolve_num_angles()
+
+    def _resolve_num_angles(self) -> None:
+        """``num_angles``: the measured count; ``None`` is 30, or the count of explicit ``angles``."""
+        if self.angles is None:
+            if self.num_angles is None:
+                object.__setattr__(self, "num_angles", 30)
+            if self.num_angles < 1:
+                raise ValueError(f"num_angles must be >= 1, got {self.num_angles}")
+            return
+        measured = len(self.angles[:: self.angle_step])
+        if self.num_angles is None:
+            object.__setattr__(self, "num_angles", measured)
+        elif self.num_angles != measured:
+            raise ValueError(
+                f"num_angles ({self.num_angles}) disagrees with the {measured} measured angles of `angles` "
+                f"({len(self.angles)} angles, angle_step {self.angle_step}); leave num_angles out to use their count"
+            )
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes``. With explicit ``angles``, ``num_angles`` follows a change of
+        ``angles`` or ``angle_step`` unless it is changed too."""
+        if ("angles" in changes or "angle_step" in changes) and "num_angles" not in changes:
+            if changes.get("angles", self.angles) is not None:
+                changes["num_angles"] = None
+        return dataclasses.replace(self, **changes)
 
     # -- validation -------------------------------------------------------------------------
     def _validate(self) -> None:
@@ -89,8 +125,6 @@ class Geometry2D(_PlainNumbers):
         a0, a1 = self.angle_range
         if not (math.isfinite(a0) and math.isfinite(a1) and a1 > a0):
             raise ValueError(f"angle_range must be (start, stop) with stop > start, got {self.angle_range}")
-        if self.angles is None and self.num_angles < 1:
-            raise ValueError(f"num_angles must be >= 1, got {self.num_angles}")
         if self.angles is not None:
             arr = np.asarray(self.angles)
             if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(np.diff(arr) <= 0):
@@ -114,12 +148,14 @@ class Geometry2D(_PlainNumbers):
 
     @property
     def full_angles(self) -> np.ndarray:
-        """All angles before ``angle_step`` subsampling (radians)."""
+        """All angles before ``angle_step`` subsampling (radians): explicit ``angles``, or the cell
+        midpoints of a uniform grid of ``num_angles * angle_step`` cells over ``angle_range``."""
         if self.angles is not None:
             return np.asarray(self.angles, dtype=np.float64)
         a0, a1 = self.angle_range
-        step = (a1 - a0) / self.num_angles
-        return a0 + step * (np.arange(self.num_angles) + 0.5)  # cell midpoints, as ODL
+        cells = self.num_angles * self.angle_step
+        step = (a1 - a0) / cells
+        return a0 + step * (np.arange(cells) + 0.5)  # cell midpoints, as ODL
 
     @property
     def angle_array(self) -> np.ndarray:
@@ -203,8 +239,8 @@ class ParallelBeam2D(Geometry2D):
     ``2 * ceil(r / pixel) + 1`` pixels (183 pixels for 128², 513 for 362²).
 
     Example: ``ParallelBeam2D((128, 128), num_angles=30)`` is ellipses-30's geometry;
-    ``angle_step=6`` keeps every 6th angle (sparse view); ``angle_range=(0, 2 * pi / 3)`` is a
-    limited-angle scan.
+    ``num_angles=30, angle_step=6`` measures 30 angles, every 6th of a 180-angle grid (sparse
+    view); ``angle_range=(0, 2 * pi / 3)`` is a limited-angle scan.
     """
 
     def _default_detector(self) -> Tuple[int, float]:

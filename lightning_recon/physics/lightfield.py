@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .linear import LinearOperator, SparseCodingProblem
+from .operator import WeightedOperator, register_operator
 
-__all__ = ["LightFieldGeometry", "LightFieldModel", "load_psf_stack", "simple_psf_stack", "sparse_operator_from_dict"]
+__all__ = ["LightFieldGeometry", "LightFieldModel", "load_psf_stack", "simple_psf_stack"]
 
 
 @dataclass(frozen=True)
@@ -162,13 +162,15 @@ def load_psf_stack(path: Union[str, Path], geometry: LightFieldGeometry) -> torc
     return torch.from_numpy(np.ascontiguousarray(psf, dtype=np.float32))
 
 
-class LightFieldModel(LinearOperator):
+class LightFieldModel(WeightedOperator):
     """``H``: volume ``(B, D, H, W)`` -> light-field image ``(B, 1, H, W)``, with the exact adjoint.
 
     Args:
         geometry: a :class:`LightFieldGeometry` or its dict.
         psf: optional PSF stack ``(D, s, s, K, K)`` (otherwise ``psf_file`` or the simple model).
     """
+
+    domain_name, range_name = "volume", "light-field image"
 
     def __init__(self, geometry: Union[LightFieldGeometry, Dict[str, Any]], psf: Optional[torch.Tensor] = None):
         geometry = LightFieldGeometry.from_dict(geometry)
@@ -178,21 +180,19 @@ class LightFieldModel(LinearOperator):
         if tuple(psf.shape) != (geometry.num_depths, s, s, k, k):
             raise ValueError(f"psf must have shape {(geometry.num_depths, s, s, k, k)}, got {tuple(psf.shape)}")
         # filter bank (D·s², 1, K, K); channel d·s² + i·s + j matches pixel_unshuffle's order
-        super().__init__(psf.reshape(-1, 1, k, k))
+        super().__init__(psf.reshape(-1, 1, k, k), domain_shape=geometry.volume_shape,
+                         range_shape=(1, geometry.image_size, geometry.image_size))
         self.geometry = geometry
-        self.domain_shape = geometry.volume_shape
-        self.range_shape = (1, geometry.image_size, geometry.image_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.domain_shape, "volume")
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
         g = self.geometry
         phases = F.pixel_unshuffle(x, g.lenslet_size)  # (B, D s², n, n)
-        return F.conv_transpose2d(phases, self.weight, stride=g.lenslet_size, padding=g.psf_radius * g.lenslet_size)
+        return F.conv_transpose2d(phases, self.weight.to(x.dtype), stride=g.lenslet_size, padding=g.psf_radius * g.lenslet_size)
 
     def adjoint_with(self, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._check(y, self.range_shape, "light-field image")
+        y = self._check(y, self.range_shape, self.range_name)
         g = self.geometry
-        phases = F.conv2d(y, weight, stride=g.lenslet_size, padding=g.psf_radius * g.lenslet_size)
+        phases = F.conv2d(y, weight.to(y.dtype), stride=g.lenslet_size, padding=g.psf_radius * g.lenslet_size)
         return F.pixel_shuffle(phases, g.lenslet_size)  # (B, D, H, W)
 
     def extra_repr(self) -> str:
@@ -201,12 +201,5 @@ class LightFieldModel(LinearOperator):
                 f"kernel={g.kernel_size}²")
 
 
-def sparse_operator_from_dict(spec: Dict[str, Any]) -> LinearOperator:
-    """The operator of a ``LightFieldGeometry`` or ``SparseCodingProblem`` dict (its ``type`` key decides)."""
-    spec = dict(spec)
-    kind = spec.pop("type", None)
-    if kind == "LightFieldGeometry":
-        return LightFieldModel(LightFieldGeometry(**spec))
-    if kind == "SparseCodingProblem":
-        return SparseCodingProblem(**spec).build_operator()
-    raise ValueError(f"spec['type'] must be 'LightFieldGeometry' or 'SparseCodingProblem', got {kind!r}")
+register_operator("LightFieldGeometry", LightFieldGeometry.from_dict,
+                  lambda geometry, **options: LightFieldModel(geometry))

@@ -1,9 +1,8 @@
-"""Linear forward operators for sparse recovery: a shared interface, dense and convolutional dictionaries.
+"""Dictionaries for sparse recovery: dense (``MatrixOperator``) and convolutional, and the seeded
+``SparseCodingProblem`` that describes one by plain numbers.
 
-Every operator is an ``nn.Module`` with a fixed ``weight`` buffer, ``forward(x) = A x``, the exact
-``adjoint(y) = Aᵀ y`` and ``adjoint_with(weight, y)``: the adjoint's computation with another
-weight of the same shape. Unrolled networks (LISTA) start their learned back-projections from
-``weight`` and train copies of it. ``domain_shape`` and ``range_shape`` exclude the batch axis.
+Both are :class:`~lightning_recon.physics.operator.WeightedOperator`\ s: ``A(x)``, the exact adjoint,
+and ``adjoint_with(weight, y)`` for the learned back-projections of LISTA.
 """
 from __future__ import annotations
 
@@ -14,93 +13,49 @@ from typing import Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["ConvolutionalDictionary", "LinearOperator", "MatrixOperator", "SparseCodingProblem", "power_method_norm"]
+from .operator import WeightedOperator, register_operator
 
-
-@torch.no_grad()
-def power_method_norm(operator: "LinearOperator", iterations: int = 100, seed: int = 0) -> float:
-    """‖A‖₂ by the power method on ``AᵀA`` from a seeded random start."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand((1, *operator.domain_shape), generator=gen).to(operator.weight)
-    for _ in range(iterations):
-        x = operator.adjoint(operator(x))
-        x = x / x.norm()
-    return float(operator(x).norm())
+__all__ = ["ConvolutionalDictionary", "MatrixOperator", "SparseCodingProblem"]
 
 
-class LinearOperator(nn.Module):
-    """Base class: ``weight`` buffer, ``forward``, ``adjoint`` via ``adjoint_with(weight, ·)``, cached norm."""
-
-    domain_shape: Tuple[int, ...]
-    range_shape: Tuple[int, ...]
-
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        if not torch.isfinite(weight).all():
-            raise ValueError("operator weight contains non-finite values")
-        # not persistent: rebuilt from plain hyperparameters, so checkpoints stay small
-        self.register_buffer("weight", weight.float().contiguous(), persistent=False)
-        self._norm = None
-
-    def adjoint_with(self, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.adjoint_with(self.weight, y)
-
-    def operator_norm(self) -> float:
-        """‖A‖₂ (power method, cached)."""
-        if self._norm is None:
-            self._norm = power_method_norm(self)
-        return self._norm
-
-    def _check(self, x: torch.Tensor, shape: Tuple[int, ...], what: str) -> None:
-        if tuple(x.shape[1:]) != tuple(shape):
-            raise ValueError(f"{type(self).__name__} expects {what} of shape (B, {', '.join(map(str, shape))}), "
-                             f"got {tuple(x.shape)}")
-
-
-class MatrixOperator(LinearOperator):
+class MatrixOperator(WeightedOperator):
     """Dense ``A (m, n)``: ``x (B, n) -> y (B, m)``."""
+
+    domain_name, range_name = "code", "measurement"
 
     def __init__(self, matrix: torch.Tensor):
         if matrix.dim() != 2:
             raise ValueError(f"matrix must be 2-D (m, n), got shape {tuple(matrix.shape)}")
-        super().__init__(matrix)
-        self.range_shape, self.domain_shape = (matrix.shape[0],), (matrix.shape[1],)
+        super().__init__(matrix, domain_shape=(matrix.shape[1],), range_shape=(matrix.shape[0],))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.domain_shape, "x")
-        return x @ self.weight.T
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.to(x.dtype).T
 
     def adjoint_with(self, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._check(y, self.range_shape, "y")
-        return y @ weight
+        return self._check(y, self.range_shape, self.range_name) @ weight.to(y.dtype)
 
 
-class ConvolutionalDictionary(LinearOperator):
+class ConvolutionalDictionary(WeightedOperator):
     """Convolutional synthesis ``y = Σ_c d_c ⊛ x_c``: codes ``(B, C, H, W)`` -> image ``(B, 1, H, W)``.
 
     ``filters (C, k, k)`` with odd ``k``; zero padding keeps the image size.
     """
 
+    domain_name, range_name = "codes", "image"
+
     def __init__(self, filters: torch.Tensor, image_size: int):
         if filters.dim() != 3 or filters.shape[-1] != filters.shape[-2] or filters.shape[-1] % 2 == 0:
             raise ValueError(f"filters must be (C, k, k) with odd k, got shape {tuple(filters.shape)}")
-        super().__init__(filters.unsqueeze(1))  # (C, 1, k, k)
+        super().__init__(filters.unsqueeze(1),  # (C, 1, k, k)
+                         domain_shape=(filters.shape[0], image_size, image_size), range_shape=(1, image_size, image_size))
         self.padding = filters.shape[-1] // 2
-        self.domain_shape = (filters.shape[0], image_size, image_size)
-        self.range_shape = (1, image_size, image_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.domain_shape, "codes")
-        return F.conv_transpose2d(x, self.weight, padding=self.padding)
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.weight.to(x.dtype), padding=self.padding)
 
     def adjoint_with(self, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._check(y, self.range_shape, "image")
-        return F.conv2d(y, weight, padding=self.padding)
+        return F.conv2d(self._check(y, self.range_shape, self.range_name), weight.to(y.dtype), padding=self.padding)
 
 
 @dataclass(frozen=True)
@@ -141,7 +96,11 @@ class SparseCodingProblem:
     def to_dict(self) -> dict:
         return {"type": "SparseCodingProblem", **asdict(self)}
 
-    def build_operator(self) -> LinearOperator:
+    @classmethod
+    def from_dict(cls, values: dict) -> "SparseCodingProblem":
+        return cls(**{k: v for k, v in dict(values).items() if k != "type"})
+
+    def build_operator(self) -> WeightedOperator:
         rng = np.random.default_rng(self.seed)
         if self.dictionary == "gaussian":
             matrix = rng.standard_normal((self.m, self.n)) / math.sqrt(self.m)
@@ -149,3 +108,7 @@ class SparseCodingProblem:
         filters = rng.standard_normal((self.num_filters, self.filter_size, self.filter_size))
         filters /= np.linalg.norm(filters.reshape(self.num_filters, -1), axis=1)[:, None, None]
         return ConvolutionalDictionary(torch.from_numpy(filters).float(), self.image_size)
+
+
+register_operator("SparseCodingProblem", SparseCodingProblem.from_dict,
+                  lambda problem, **options: problem.build_operator())

@@ -16,8 +16,9 @@ Backends (``backend=``):
   (the faster of the two in docs/benchmarks.md); on the CPU, ``matrix`` while its estimated memory
   is below ``max_matrix_bytes``, else ``odl``.
 
-Operators are built lazily, per device, in the process that uses them, and are never pickled: a
-module built on rank 0 and sent to DDP workers rebuilds there.
+The backend state is built lazily, per device, in the process that uses it, and is never pickled
+(the :class:`~lightning_recon.physics.operator.LinearOperator` contract): a module built on rank 0 and
+sent to DDP workers rebuilds there.
 """
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
-from torch import nn
 
-from .geometry import ConeBeam3D, Geometry, ParallelBeam2D, geometry_from_dict
+from .geometry import ConeBeam3D, FanBeam2D, Geometry, ParallelBeam2D, geometry_from_dict
+from .operator import LinearOperator, register_operator
 
-__all__ = ["RayTransform", "Backprojection", "BACKENDS", "astra_cuda_available", "cache_dir"]
+__all__ = ["RayTransform", "BACKENDS", "astra_cuda_available", "cache_dir"]
 
 BACKENDS = ("auto", "odl", "matrix", "astra_cuda")
 DEFAULT_MAX_MATRIX_BYTES = 2 * 1024**3
@@ -115,16 +116,16 @@ class _OdlImpl:
         self.op = geometry.odl_ray_transform(impl=impl)
         self.device = device
 
-    def _apply(self, op, batch: torch.Tensor, out_shape) -> torch.Tensor:
+    def _compute(self, op, batch: torch.Tensor, out_shape) -> torch.Tensor:
         host = batch.detach().to("cpu", torch.float32).numpy()
         out = np.stack([op(sample).data for sample in host]) if len(host) else np.zeros((0, *out_shape), np.float32)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(batch.device, batch.dtype)
 
     def forward(self, x, out_shape):
-        return self._apply(self.op, x, out_shape)
+        return self._compute(self.op, x, out_shape)
 
     def adjoint(self, y, out_shape):
-        return self._apply(self.op.adjoint, y, out_shape)
+        return self._compute(self.op.adjoint, y, out_shape)
 
 
 class _AstraCudaImpl:
@@ -320,31 +321,19 @@ def estimated_matrix_bytes(geometry: Geometry) -> int:
     return int(2 * nnz * (4 + 4))
 
 
-# ---------------------------------------------------------------------------------------------
-# autograd glue
-# ---------------------------------------------------------------------------------------------
-class _Project(torch.autograd.Function):
-    """``A x`` (``transpose=False``) or ``Aᵀ y`` (``transpose=True``); the backward is the other one."""
+class RayTransform(LinearOperator):
+    """Differentiable ray transform ``A``: images ``(B, C, *image_shape) -> (B, C, *sinogram_shape)``.
 
-    @staticmethod
-    def forward(ctx, inp, op: "RayTransform", transpose: bool):
-        ctx.op, ctx.transpose = op, transpose
-        return op._apply_raw(inp, transpose)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _Project.apply(grad.contiguous(), ctx.op, not ctx.transpose), None, None
-
-
-class RayTransform(nn.Module):
-    """Differentiable ray transform ``A``: ``(B, C, *image_shape) -> (B, C, *sinogram_shape)``.
+    ``domain_shape`` is ``(1, *image_shape)`` and ``range_shape`` ``(1, n_angles, n_det)`` (one
+    channel), as for every :class:`~lightning_recon.physics.operator.LinearOperator`; a channel axis
+    of any size is accepted and transformed channel by channel.
 
     Args:
         geometry: a geometry object or its ``to_dict()``.
         backend: one of ``BACKENDS``; ``"auto"`` decides per device.
         max_matrix_bytes: ``auto`` uses the matrix backend up to this estimated size.
         max_gpu_matrix_bytes: on a GPU with ASTRA CUDA, ``auto`` prefers the matrix up to this size.
-        check_finite: raise on NaN/inf input (one reduction per call).
+        check_finite: raise on NaN/inf input (one reduction, i.e. one host synchronisation, per call).
 
     Example::
 
@@ -354,6 +343,8 @@ class RayTransform(nn.Module):
         x_normalised_step = A.adjoint(A(x) - y) / A.operator_norm() ** 2
     """
 
+    native_autograd = False  # ASTRA / ODL / cuSPARSE calls: gradients through the exact adjoint
+
     def __init__(
         self,
         geometry: Union[Geometry, dict],
@@ -362,32 +353,15 @@ class RayTransform(nn.Module):
         max_gpu_matrix_bytes: int = DEFAULT_MAX_GPU_MATRIX_BYTES,
         check_finite: bool = True,
     ):
-        super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.geometry = geometry_from_dict(geometry)
+        geometry = geometry_from_dict(geometry)
+        super().__init__((1, *geometry.domain_shape), (1, *geometry.sinogram_shape))
+        self.geometry = geometry
         self.backend = backend
         self.max_matrix_bytes = int(max_matrix_bytes)
         self.max_gpu_matrix_bytes = int(max_gpu_matrix_bytes)
         self.check_finite = check_finite
-        self._impls: Dict[tuple, object] = {}
-        self._norm: Optional[float] = None
-
-    # -- shapes -------------------------------------------------------------------------------
-    @property
-    def domain_shape(self):
-        return tuple(self.geometry.domain_shape)
-
-    @property
-    def range_shape(self):
-        return tuple(self.geometry.sinogram_shape)
-
-    @property
-    def adjoint(self) -> "Backprojection":
-        """``Aᵀ`` as a module sharing this operator's state (not a registered submodule)."""
-        if "_adjoint_module" not in self.__dict__:
-            self.__dict__["_adjoint_module"] = Backprojection(self)
-        return self.__dict__["_adjoint_module"]
 
     # -- backend selection ---------------------------------------------------------------------
     def backend_for(self, device: Union[str, torch.device]) -> str:
@@ -409,24 +383,21 @@ class RayTransform(nn.Module):
             return "astra_cuda"
         return "matrix" if matrix_bytes <= self.max_matrix_bytes else "odl"
 
-    def _impl(self, device: torch.device):
-        key = (device.type, device.index)
-        if key not in self._impls:
-            self._impls[key] = _IMPLS[self.backend_for(device)](self.geometry, device)
-        return self._impls[key]
+    def build(self, device: torch.device):
+        """The backend implementation on ``device`` (system matrix, ODL operator or ASTRA projectors)."""
+        return _IMPLS[self.backend_for(device)](self.geometry, device)
 
-    def _apply_raw(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
-        lead = t.shape[:-len(self.range_shape if transpose else self.domain_shape)]
-        out_shape = self.domain_shape if transpose else self.range_shape
-        flat = t.reshape(-1, *t.shape[len(lead):])
-        if flat.shape[0] == 0:  # an empty batch maps to an empty batch, on every backend
-            return t.new_zeros(*lead, *out_shape)
-        impl = self._impl(t.device)
-        out = impl.adjoint(flat, out_shape) if transpose else impl.forward(flat, out_shape)
-        return out.reshape(*lead, *out_shape)
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.built(x.device).forward(x.reshape(x.shape[0], *x.shape[2:]), self.range_shape[1:])
+        return out.reshape(x.shape[0], *self.range_shape)
+
+    def _compute_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        out = self.built(y.device).adjoint(y.reshape(y.shape[0], *y.shape[2:]), self.domain_shape[1:])
+        return out.reshape(y.shape[0], *self.domain_shape)
 
     # -- validation ----------------------------------------------------------------------------
     def _check(self, t: torch.Tensor, expected, what: str) -> torch.Tensor:
+        """``t`` must be ``(B, C, *expected)`` (``expected`` without the channel axis)."""
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
         nd = len(expected)
@@ -447,50 +418,27 @@ class RayTransform(nn.Module):
         return t.contiguous()
 
     # -- application ---------------------------------------------------------------------------
+    def _channelwise(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """Channels as batch entries: ``(B, C, ...) -> (B C, 1, ...)``, transformed, and back."""
+        out_shape = self.domain_shape if transpose else self.range_shape
+        flat = t.reshape(t.shape[0] * t.shape[1], 1, *t.shape[2:])
+        return self._run(flat, transpose).reshape(*t.shape[:2], *out_shape[1:])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A x``: ``(B, C, *image_shape) -> (B, C, n_angles, n_det)``."""
-        x = self._check(x, self.domain_shape, "image")
-        return _Project.apply(x, self, False)
+        return self._channelwise(self._check(x, self.domain_shape[1:], "image"), False)
 
     def apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``Aᵀ y``: ``(B, C, n_angles, n_det) -> (B, C, *image_shape)``."""
-        y = self._check(y, self.range_shape, "sinogram")
-        return _Project.apply(y, self, True)
-
-    @torch.no_grad()
-    def operator_norm(self, iterations: int = 100, device: Optional[Union[str, torch.device]] = None) -> float:
-        """‖A‖₂ by the power method on ``AᵀA`` (fixed seed), cached on the module."""
-        if self._norm is None:
-            device = torch.device(device or "cpu")
-            gen = torch.Generator().manual_seed(0)
-            x = torch.rand((1, 1, *self.domain_shape), generator=gen).to(device)
-            for _ in range(iterations):
-                x = self.apply_adjoint(self(x))
-                x = x / x.norm()
-            self._norm = float(self(x).norm())
-        return self._norm
-
-    # -- pickling: operators are rebuilt per process -------------------------------------------
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_impls"] = {}
-        state.pop("_adjoint_module", None)
-        return state
+        return self._channelwise(self._check(y, self.range_shape[1:], "sinogram"), True)
 
     def extra_repr(self) -> str:
         return f"geometry={self.geometry}, backend={self.backend!r}"
 
 
-class Backprojection(nn.Module):
-    """The adjoint ``Aᵀ`` of a :class:`RayTransform` as a module: ``(B, C, A, D) -> (B, C, H, W)``."""
+def _build_ray_transform(geometry: Geometry, backend: str = "auto", check_finite: bool = True) -> RayTransform:
+    return RayTransform(geometry, backend=backend, check_finite=check_finite)
 
-    def __init__(self, ray_transform: RayTransform):
-        super().__init__()
-        self.__dict__["ray_transform"] = ray_transform  # shared, not a submodule (avoids a cycle)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.ray_transform.apply_adjoint(y)
-
-    @property
-    def adjoint(self) -> RayTransform:
-        return self.ray_transform
+for _geometry_type in (ParallelBeam2D, FanBeam2D, ConeBeam3D):
+    register_operator(_geometry_type.__name__, geometry_from_dict, _build_ray_transform)
