@@ -25,6 +25,8 @@ RUNS=${RUNS:-outputs/gpu_session_runs}
 MODELS=${MODELS:-learned_pd learned_gd fbp_unet cwgan}   # trained at once, sharing the GPU
 BASELINES=${BASELINES:-1}                                # TV and DIP+TV beside the trainings (0: skip)
 SPEED=${SPEED:-1}                                        # bench/train_speed.py first (0: skip)
+DIP_SPEED=${DIP_SPEED:-1}                                # bench/dip_speed.py: DIP it/s, 1 vs 25/100 per step (0: skip)
+DIP_SPEED_ARGS=${DIP_SPEED_ARGS:---accelerator gpu --iterations 1500 --per-step 1 25 100}
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee "$OUT/session.log") 2>&1
@@ -38,6 +40,11 @@ fi
 if [ "$SPEED" = 1 ]; then
     stamp "training speed, old vs new path"
     python bench/train_speed.py $SPEED_ARGS --json "$OUT/train_speed.json" 2>&1 | grep -v Warning
+fi
+
+if [ "$DIP_SPEED" = 1 ]; then
+    stamp "DIP iterations per second, one vs several per Lightning step (issue 14)"
+    python bench/dip_speed.py $DIP_SPEED_ARGS --json "$OUT/dip_speed.json" 2>&1 | grep -v "Warning\|warn\|max_steps"
 fi
 
 n_runs=$(echo $MODELS | wc -w)

@@ -155,3 +155,35 @@ def test_the_training_cli_does_not_import_the_finetuning_cli():
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not any(m and m.endswith("finetuning") for m in modules)
+
+
+ITERATIONS = 303  # not a multiple of the 7 per step
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_several_iterations_per_step_give_the_same_run(early_stop):
+    """Same seed: 1 and 7 DIP iterations per Lightning step give the same loss curve, the same result
+    and the same early stop (with a learning-rate warm-up and an iteration count not divisible by 7)."""
+    import lightning as L
+
+    geometry, y = _tiny_problem()
+    runs = []
+    for per_step in (1, 7):
+        L.seed_everything(0, verbose=False)
+        model = DeepImagePrior(geometry.to_dict(), channels=(8, 8, 8), skip_channels=(2, 2, 2), lr=1e-2, lr_warmup=5,
+                               early_stop_window=5 if early_stop else 0, early_stop_patience=10,
+                               iterations_per_step=per_step)
+        trainer = L.Trainer(max_steps=ITERATIONS, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, accelerator="cpu")
+        trainer.fit(model, RepeatedMeasurement(y[0], ITERATIONS).loader())
+        runs.append(model)
+    single, batched = runs
+    assert len(single.losses) == len(batched.losses) == (single.stopped_at or ITERATIONS)
+    torch.testing.assert_close(torch.tensor(batched.losses), torch.tensor(single.losses), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(batched.reconstruction, single.reconstruction, rtol=1e-4, atol=1e-5)
+    assert batched.best_loss == pytest.approx(single.best_loss, rel=1e-5)
+    assert (batched.stopped_at, batched.early_stop_iteration) == (single.stopped_at, single.early_stop_iteration)
+    if early_stop:
+        assert single.stopped_at is not None
+
+

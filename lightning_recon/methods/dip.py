@@ -63,8 +63,12 @@ class DeepImagePrior(ReconstructionModule):
             of the last ``window`` iterates (ES-WMV, Wang et al. 2021) has not reached a new minimum
             for ``patience`` iterations, and return the iterate at that minimum; 0 disables it.
         snapshot_every: log the current image every N iterations (W&B image or PNG in the run folder).
+        iterations_per_step: DIP iterations per Lightning step: Lightning's per-step work (hooks,
+            logging) and the host synchronisation of the bookkeeping are paid once per this many
+            iterations. The iterates, losses and result do not depend on it (one Adam step each);
+            ``trainer.max_steps`` counts iterations.
         reference: optional reference image ``(H, W)`` (e.g. a full-angle reconstruction) for
-            PSNR/SSIM logging; not used by the optimisation.
+            PSNR/SSIM logging (once per Lightning step); not used by the optimisation.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class DeepImagePrior(ReconstructionModule):
         early_stop_window: int = 0,
         early_stop_patience: int = 300,
         snapshot_every: int = 0,
+        iterations_per_step: int = 1,
     ):
         super().__init__(geometry, lr=lr, scheduler="none", fbp_filter=fbp_filter,
                          fbp_frequency_scaling=fbp_frequency_scaling, results_dir=None)
@@ -96,6 +101,9 @@ class DeepImagePrior(ReconstructionModule):
             raise ValueError(f"lr_warmup must be >= 0, got {lr_warmup}")
         if tv_weight < 0:
             raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
+        if iterations_per_step < 1:
+            raise ValueError(f"iterations_per_step must be >= 1, got {iterations_per_step}")
+        self.automatic_optimization = False  # DIP iterations are Adam steps inside training_step
         self.save_hyperparameters(dict(self.hparams, channels=list(channels), skip_channels=list(skip_channels)))
         self.net = UNet(1, 1, channels=tuple(channels), skip_channels=tuple(skip_channels), norm="group")
         if pretrained:
@@ -110,6 +118,7 @@ class DeepImagePrior(ReconstructionModule):
         self._window: list = []
         self._best_variance = (float("inf"), 0)
         self.early_stop_image: Optional[torch.Tensor] = None
+        self._best_loss_value: Optional[torch.Tensor] = None  # device-side state of training_step
 
     @property
     def reconstruction(self) -> Optional[torch.Tensor]:
@@ -147,17 +156,33 @@ class DeepImagePrior(ReconstructionModule):
         return self.reconstruct({"measurement": y})
 
     def training_step(self, y: torch.Tensor, batch_idx: int):
-        x = self(y)
-        # relative data misfit and per-pixel TV of the O(1) image: γ means the same on any scan
-        data_loss = self.data_misfit(self.operator(x), y)
-        loss = data_loss + self.hparams.tv_weight * total_variation(x / self.image_scale).mean() / x[0].numel()
-        value = float(loss.detach())
-        self.losses.append(value)
-        if value < self.best_loss:
-            self.best_loss, self.best_image = value, x.detach().clone()
-        self._early_stop(x.detach())
-        if self.hparams.snapshot_every and self.global_step % self.hparams.snapshot_every == 0:
-            self._snapshot(x.detach())
+        """``iterations_per_step`` DIP iterations (fewer at the end of ``max_steps``), each an Adam
+        step on ``net``. The best-loss and moving-variance bookkeeping stays on the device; the host
+        reads it once per Lightning step (iterations after an early stop inside the step are computed
+        but ignored, so every returned number equals the one-iteration-per-step run's)."""
+        optimizer = self.optimizers()
+        schedule = self.lr_schedulers()
+        remaining = self.trainer.max_steps - self.global_step if self.trainer.max_steps > 0 else None
+        count = self.hparams.iterations_per_step if remaining is None else min(self.hparams.iterations_per_step, remaining)
+        start = len(self.losses)
+        losses, best_steps = [], []
+        for _ in range(max(count, 1)):
+            x = self(y)
+            # relative data misfit and per-pixel TV of the O(1) image: γ means the same on any scan
+            data_loss = self.data_misfit(self.operator(x), y)
+            loss = data_loss + self.hparams.tv_weight * total_variation(x / self.image_scale).mean() / x[0].numel()
+            step = start + len(losses) + 1  # 1-based iteration of this iterate
+            self._record(loss.detach(), x.detach(), step)
+            losses.append(loss.detach())
+            best_steps.append(self._best_variance_step.clone())
+            if self.hparams.snapshot_every and self.global_step % self.hparams.snapshot_every == 0:
+                self._snapshot(x.detach())
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+        self._read_back(torch.stack(losses), torch.stack(best_steps), start)
         self.log("train/loss", loss, prog_bar=True, batch_size=1)
         self.log("train/data_loss", data_loss, batch_size=1)
         if self.reference is not None:
@@ -165,7 +190,52 @@ class DeepImagePrior(ReconstructionModule):
             data_range = float(ref.max() - ref.min())
             self.log("train/psnr", psnr(x.detach(), ref, data_range).mean(), prog_bar=True, batch_size=1)
             self.log("train/ssim", ssim(x.detach(), ref, data_range).mean(), batch_size=1)
-        return loss
+
+    def _record(self, loss: torch.Tensor, x: torch.Tensor, step: int) -> None:
+        """Best-loss iterate and ES-WMV state on the device, frozen once the early stop has fired."""
+        if self._best_loss_value is None:  # first iterate: the state takes its device and shape
+            self._best_loss_value = torch.full((), float("inf"), device=x.device)
+            self._best_image = torch.zeros_like(x)
+            self._stopped = torch.zeros((), dtype=torch.bool, device=x.device)
+            self._best_variance_value = torch.full((), float("inf"), device=x.device)
+            self._best_variance_step = torch.zeros((), dtype=torch.long, device=x.device)
+            self._early_stop_image = torch.zeros_like(x)
+        live = ~self._stopped
+        better = live & (loss < self._best_loss_value)
+        self._best_loss_value = torch.where(better, loss, self._best_loss_value)
+        self._best_image = torch.where(better, x, self._best_image)
+        window = self.hparams.early_stop_window
+        if not window:
+            return
+        self._window = (self._window + [x])[-window:]
+        if len(self._window) < window:
+            return
+        stack = torch.stack(self._window)
+        variance = (stack - stack.mean(0)).pow(2).mean()
+        lower = live & (variance < self._best_variance_value)
+        self._best_variance_value = torch.where(lower, variance, self._best_variance_value)
+        self._best_variance_step = torch.where(lower, torch.full_like(self._best_variance_step, step),
+                                               self._best_variance_step)
+        self._early_stop_image = torch.where(lower, x, self._early_stop_image)
+        patience_over = (step - self._best_variance_step >= self.hparams.early_stop_patience) & (self._best_variance_step > 0)
+        self._stopped = self._stopped | (live & ~lower & patience_over)
+
+    def _read_back(self, losses: torch.Tensor, best_steps: torch.Tensor, start: int) -> None:
+        """One host synchronisation per Lightning step: losses, best loss and the early stop."""
+        values = losses.tolist()
+        if self.hparams.early_stop_window and bool(self._stopped):
+            steps = torch.arange(start + 1, start + 1 + len(values))
+            fired = (steps - best_steps.cpu() >= self.hparams.early_stop_patience) & (best_steps.cpu() > 0)
+            first = int(fired.nonzero()[0]) if fired.any() else len(values) - 1
+            values = values[:first + 1]  # the iterations after the stop do not count
+            self.stopped_at = start + first + 1
+            self.trainer.should_stop = True
+        self.losses.extend(values)
+        self.best_loss = float(self._best_loss_value)
+        self.best_image = self._best_image
+        if self.hparams.early_stop_window and int(self._best_variance_step) > 0:
+            self._best_variance = (float(self._best_variance_value), int(self._best_variance_step))
+            self.early_stop_image = self._early_stop_image
 
     def data_misfit(self, projected: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.hparams.data_loss == "mse":
@@ -175,23 +245,6 @@ class DeepImagePrior(ReconstructionModule):
         expected = photons * torch.exp(-projected)
         # Poisson NLL minus its value at the perfect fit, per ray and per photon
         return (expected - counts - counts * (torch.log(expected) - torch.log(counts.clamp_min(1e-12)))).mean() / photons
-
-    def _early_stop(self, x: torch.Tensor) -> None:
-        window = self.hparams.early_stop_window
-        if not window:
-            return
-        self._window = (self._window + [x])[-window:]
-        if len(self._window) < window:
-            return
-        stack = torch.stack(self._window)
-        variance = float((stack - stack.mean(0)).pow(2).mean())
-        step = len(self.losses)
-        if variance < self._best_variance[0]:
-            self._best_variance = (variance, step)
-            self.early_stop_image = x.clone()
-        elif step - self._best_variance[1] >= self.hparams.early_stop_patience:
-            self.stopped_at = step
-            self.trainer.should_stop = True
 
     def _snapshot(self, x: torch.Tensor) -> None:
         """The current image (window [0, max FBP]) as W&B image ``train/snapshot`` or PNG ``snapshots/step….png``."""
