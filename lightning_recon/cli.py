@@ -8,13 +8,19 @@
 The model's geometry is linked from the data module, so the two never disagree (links whose source
 or target a chosen class lacks are skipped); the full resolved config is saved next to the run and
 sent to the logger.
+
+A config file may start from others: a top-level ``compose:`` list of config files (relative to its
+own folder) is read first, in order, and the file then overrides them (``expand_compose``).
 """
 from __future__ import annotations
 
+import itertools
 import netrc
 import os
+import re
 import socket
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -31,7 +37,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from .checkpointing import AtomicCheckpointIO
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels
 
-__all__ = ["ReconCLI", "cli_main", "default_wandb_mode"]
+__all__ = ["ReconCLI", "cli_main", "default_wandb_mode", "expand_compose"]
 
 
 def default_wandb_mode(probe_seconds: float = 3.0) -> str:
@@ -238,16 +244,118 @@ class ReconCLI(LightningCLI):
         torch.set_float32_matmul_precision("high")
 
 
+CONFIG_OPTIONS = ("--config", "-c")  # LightningCLI's config-file option (on the top level and per subcommand)
+_COMPOSE_KEY = re.compile(r"compose\s*:")
+
+
+def _read_config(path: Path):
+    """The YAML mapping in ``path`` (None if unreadable or not a mapping: jsonargparse reports it)."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def _without_compose(path: Path, content: dict) -> Optional[str]:
+    """The text of ``path`` with its top-level ``compose:`` entry blanked out (other lines, comments
+    and line numbers as they were); None when nothing else is left."""
+    import yaml
+
+    lines, skipping = [], False
+    for line in path.read_text().splitlines(keepends=True):
+        if skipping and (not line.strip() or line[0] in " \t-#"):
+            lines.append("\n")  # the entry's items, continuation lines and the comments among them
+            continue
+        skipping = bool(_COMPOSE_KEY.match(line))
+        lines.append("\n" if skipping else line)
+    text = "".join(lines)
+    rest = {key: value for key, value in content.items() if key != "compose"}
+    if (yaml.safe_load(text) or {}) != rest:  # any spelling the line edit does not handle
+        _exit("train.py", f"{path}: write compose: as a top-level YAML list (compose: [a.yaml, b.yaml] or "
+                          "one '- path' per line)")
+    return text if rest else None
+
+
+def expand_compose(args: List[str], folder: Path) -> List[str]:
+    """``args`` with every ``--config FILE`` (``--config=FILE``, ``-c FILE``) whose YAML has a
+    top-level ``compose:`` list replaced by ``--config`` arguments for the composed files (paths
+    relative to ``FILE``'s folder, each expanded the same way, in order) followed by ``FILE``
+    without its ``compose:`` entry, written into ``folder``: a later file overrides the earlier
+    ones, so ``FILE`` overrides what it composes and a later ``--config`` or flag overrides ``FILE``.
+    A file composed twice below one ``--config`` is read once, where first composed; a cycle or a
+    missing file ends ``train.py`` with one line. Arguments without ``compose:`` stay as they are."""
+    copies = itertools.count()
+
+    def expand(path: Path, chain: List[Path], seen: set) -> List[str]:
+        key = path.resolve()
+        if key in chain:
+            cycle = " -> ".join(str(p) for p in [*chain[chain.index(key):], key])
+            _exit("train.py", f"compose cycle: {cycle}")
+        if key in seen:
+            return []
+        seen.add(key)
+        content = _read_config(path)
+        if content is None or "compose" not in content:
+            return [str(path)]
+        composed = content["compose"]
+        composed = [composed] if isinstance(composed, str) else composed
+        if not isinstance(composed, list) or not all(isinstance(entry, str) for entry in composed):
+            _exit("train.py", f"{path}: compose: must be a list of config file paths, got {content['compose']!r}")
+        out = []
+        for entry in composed:
+            target = path.parent / Path(entry).expanduser()
+            if not target.is_file():
+                where = "" if str(target) == entry else f" ({target})"
+                _exit("train.py", f"{path}: composed config {entry} not found{where}")
+            out += expand(target, [*chain, key], seen)
+        text = _without_compose(path, content)
+        if text is not None:  # the file's own settings, after those it composes
+            copy = folder / str(next(copies)) / path.name
+            copy.parent.mkdir()
+            copy.write_text(text)
+            out.append(str(copy))
+        return out
+
+    def files(value: str) -> List[str]:
+        path = Path(value)
+        return expand(path, [], set()) if path.is_file() else [value]  # a YAML string stays as it is
+
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in CONFIG_OPTIONS and i + 1 < len(args):
+            out += [item for path in files(args[i + 1]) for item in (arg, path)]
+            i += 2
+            continue
+        option, equals, value = arg.partition("=")
+        if equals and option == "--config":
+            out += [f"--config={path}" for path in files(value)]
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
-    """Entry point of ``train.py``; ``args`` as on the command line (``None``: ``sys.argv``)."""
-    return ReconCLI(
-        L.LightningModule,  # any method: CT (ReconstructionModule), light field / sparse coding (SparseRecoveryModule)
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=LoggedSaveConfig,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")], "default_root_dir": "outputs"},
-        args=args,
-        run=run,
-    )
+    """Entry point of ``train.py``; ``args`` as on the command line (``None``: ``sys.argv``). Config
+    files with a ``compose:`` list are expanded first (``expand_compose``); the copies without the
+    key live in a temporary folder while the CLI parses (and runs)."""
+    given = sys.argv[1:] if args is None else args
+    with tempfile.TemporaryDirectory(prefix="lightning_recon-compose-") as folder:
+        if isinstance(given, (list, tuple)):  # (LightningCLI also takes a dict or Namespace: as it is)
+            expanded = expand_compose(list(given), Path(folder))
+            args = args if expanded == list(given) else expanded
+        return ReconCLI(
+            L.LightningModule,  # any method: CT (ReconstructionModule), light field / sparse coding (SparseRecoveryModule)
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=LoggedSaveConfig,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")], "default_root_dir": "outputs"},
+            args=args,
+            run=run,
+        )
