@@ -1,5 +1,6 @@
 """LightningModules: the training logic of each reconstruction method, all on one base
 (:class:`ReconstructionModule`)."""
+from .analytic_deep_prior import AnalyticDeepPrior
 from .base import ReconstructionModule, write_results_table
 from .classical import FBPBaseline, TVBaseline
 from .cwgan import ConditionalWGAN
@@ -9,5 +10,5 @@ from .callbacks import VolumePanels
 from .dip import DeepImagePrior
 from .sparse import ISTABaseline, LearnedISTA, SparseRecoveryModule
 
-__all__ = ["ConditionalWGAN", "DeepImagePrior", "EDIPPretrain", "FBPBaseline", "FBPUNet", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD", "ReconstructionModule",
+__all__ = ["AnalyticDeepPrior", "ConditionalWGAN", "DeepImagePrior", "EDIPPretrain", "FBPBaseline", "FBPUNet", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD", "ReconstructionModule",
            "SparseRecoveryModule", "TVBaseline", "VolumePanels", "write_results_table"]

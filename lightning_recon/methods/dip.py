@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..metrics import psnr, ssim
-from ..nets import UNet
+from ..nets import DeepDecoder, UNet
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import Geometry
 from .base import ReconstructionModule
@@ -50,7 +50,10 @@ class DeepImagePrior(ReconstructionModule):
     Args:
         geometry: the measurement geometry (dict of numbers).
         channels, skip_channels: the encoder-decoder U-Net (GroupNorm).
-        network_input: ``"noise"`` (fixed, seeded) or ``"fbp"`` (EDIP's choice).
+        network: ``"unet"`` (the DIP encoder-decoder) or ``"deep-decoder"`` (Heckel & Hand 2019: 1 × 1
+            convolutions, upsampling, ReLU, channel normalisation; ``channels`` per layer, its input
+            always fixed seeded noise at the coarsest size; see ``nets.DeepDecoder``).
+        network_input: ``"noise"`` (fixed, seeded) or ``"fbp"`` (EDIP's choice); U-Net only.
         tv_weight: γ of the TV term (per pixel), 0 for plain DIP.
         lr: Adam learning rate.
         lr_warmup: ramp the learning rate linearly over this many first iterations (0: none). Adam's
@@ -76,6 +79,7 @@ class DeepImagePrior(ReconstructionModule):
         geometry: Union[Dict[str, Any], Geometry],
         channels: Sequence[int] = (64, 64, 64, 64, 64),
         skip_channels: Sequence[int] = (4, 4, 4, 4, 4),
+        network: str = "unet",
         network_input: str = "fbp",
         tv_weight: float = 0.015,
         lr: float = 1e-3,
@@ -93,6 +97,10 @@ class DeepImagePrior(ReconstructionModule):
     ):
         super().__init__(geometry, lr=lr, scheduler="none", fbp_filter=fbp_filter,
                          fbp_frequency_scaling=fbp_frequency_scaling, results_dir=None)
+        if network not in ("unet", "deep-decoder"):
+            raise ValueError(f"network must be 'unet' or 'deep-decoder', got {network!r}")
+        if network == "deep-decoder" and network_input == "fbp":
+            network_input = "noise"  # the deep decoder generates from its own low-resolution noise
         if network_input not in ("noise", "fbp"):
             raise ValueError(f"network_input must be 'noise' or 'fbp', got {network_input!r}")
         if data_loss not in ("mse", "poisson"):
@@ -105,7 +113,11 @@ class DeepImagePrior(ReconstructionModule):
             raise ValueError(f"iterations_per_step must be >= 1, got {iterations_per_step}")
         self.automatic_optimization = False  # DIP iterations are Adam steps inside training_step
         self.save_hyperparameters(dict(self.hparams, channels=list(channels), skip_channels=list(skip_channels)))
-        self.net = UNet(1, 1, channels=tuple(channels), skip_channels=tuple(skip_channels), norm="group")
+        self.save_hyperparameters({"network_input": network_input})
+        if network == "deep-decoder":
+            self.net = DeepDecoder(self.geometry.image_shape, channels=tuple(channels))
+        else:
+            self.net = UNet(1, 1, channels=tuple(channels), skip_channels=tuple(skip_channels), norm="group")
         if pretrained:
             state = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"]
             weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
@@ -144,7 +156,8 @@ class DeepImagePrior(ReconstructionModule):
                 self._input = fbp / self.image_scale
             else:
                 gen = torch.Generator().manual_seed(self.hparams.seed)
-                self._input = (0.1 * torch.rand((1, 1, *self.geometry.image_shape), generator=gen)).to(y.device)
+                shape = self.net.input_shape if isinstance(self.net, DeepDecoder) else (1, *self.geometry.image_shape)
+                self._input = (0.1 * torch.rand((1, *shape), generator=gen)).to(y.device)
         return self._input
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:

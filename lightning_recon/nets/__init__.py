@@ -1,8 +1,9 @@
 """Plain ``nn.Module`` architectures (no Lightning); operators come in as arguments."""
 from .critic import ConditionalCritic
+from .deep_decoder import DeepDecoder
 from .generator import ConditionalGenerator
 from .lista import LISTA
 from .unet import UNet
 from .unrolled import LearnedGradientDescent, LearnedPrimalDual
 
-__all__ = ["ConditionalCritic", "ConditionalGenerator", "LISTA", "LearnedGradientDescent", "LearnedPrimalDual", "UNet"]
+__all__ = ["ConditionalCritic", "DeepDecoder", "ConditionalGenerator", "LISTA", "LearnedGradientDescent", "LearnedPrimalDual", "UNet"]
