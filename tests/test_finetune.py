@@ -187,3 +187,14 @@ def test_several_iterations_per_step_give_the_same_run(early_stop):
         assert single.stopped_at is not None
 
 
+
+
+def test_finetune_runs_the_deep_decoder_and_refuses_it_with_edip_weights(tmp_path):
+    scan = tmp_path / "scan.h5"
+    write_scan(scan)
+    summary = finetune_main([str(scan), "--iterations", "12", "--channels", "8", "--scales", "3", "--network",
+                             "deep-decoder", "--iterations-per-step", "5", "--threads", "1", "--logger", "none",
+                             "--out", str(tmp_path / "dd")])
+    assert summary["iterations"] == 12 and (tmp_path / "dd" / "recon.npy").exists()
+    with pytest.raises(SystemExit):
+        finetune_main([str(scan), "--network", "deep-decoder", "--init", str(scan), "--out", str(tmp_path / "x")])
