@@ -8,13 +8,7 @@ from lightning_recon.physics import FBP, GaussianNoise, ParallelBeam2D, RayTrans
 GEOMETRY = ParallelBeam2D((32, 32), num_angles=20)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """32² images are too small to gain from threads, and a busy second core makes them much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

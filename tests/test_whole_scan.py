@@ -17,13 +17,7 @@ TINY = ["--iterations", "30", "--channels", "8", "--scales", "3", "--center-offs
         "--accelerator", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """24² images: one thread is faster than two (and far faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,12 @@ from .analytic_deep_prior import AnalyticDeepPrior
 from .base import ReconstructionModule, write_results_table
 from .classical import FBPBaseline, TVBaseline
 from .cwgan import ConditionalWGAN
+from .generative import GANPrior, GenerativeRegulariser, VAEPrior
 from .learned_iterative import LearnedGD, LearnedPD
 from .post_processing import EDIPPretrain, FBPUNet
 from .callbacks import VolumePanels
 from .dip import DeepImagePrior
 from .sparse import ISTABaseline, LearnedISTA, SparseRecoveryModule
 
-__all__ = ["AnalyticDeepPrior", "ConditionalWGAN", "DeepImagePrior", "EDIPPretrain", "FBPBaseline", "FBPUNet", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD", "ReconstructionModule",
-           "SparseRecoveryModule", "TVBaseline", "VolumePanels", "write_results_table"]
+__all__ = ["AnalyticDeepPrior", "ConditionalWGAN", "DeepImagePrior", "EDIPPretrain", "FBPBaseline", "FBPUNet", "GANPrior", "GenerativeRegulariser", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD", "ReconstructionModule",
+           "SparseRecoveryModule", "TVBaseline", "VAEPrior", "VolumePanels", "write_results_table"]
