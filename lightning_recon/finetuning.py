@@ -76,9 +76,15 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     parser.add_argument("--early-stop-patience", type=int, default=300)
     parser.add_argument("--snapshot-every", type=int, default=0, help="log the image every N iterations")
     parser.add_argument("--init", default="random", help="'random' or a checkpoint with net.* weights (EDIP)")
-    parser.add_argument("--network", choices=["unet", "deep-decoder"], default="unet",
+    parser.add_argument("--network", choices=["unet", "deep-decoder", "analytic"], default="unet",
                         help="the DIP network: the U-Net, or the deep decoder (Heckel & Hand 2019: --channels per "
-                        "layer, --scales layers, its own noise input; needs no early stop in the same way)")
+                        "layer, --scales layers, its own noise input); or 'analytic', the analytic deep prior "
+                        "(Dittmer et al. 2019: --adp-iterations non-negative proximal-gradient steps with "
+                        "B = A (I + K), K a learned --adp-kernel² convolution, trained --iterations Adam steps)")
+    parser.add_argument("--adp-iterations", type=int, default=50,
+                        help="--network analytic: proximal-gradient iterations L inside φ_B")
+    parser.add_argument("--adp-kernel", type=int, default=5,
+                        help="--network analytic: side of the learned convolution K (odd)")
     parser.add_argument("--iterations-per-step", type=int, default=25,
                         help="DIP iterations per Lightning step (bookkeeping on the device, one host read per step; "
                         "the result does not depend on it)")
@@ -143,11 +149,15 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     result = model.reconstruction[0, 0].cpu()
     fbp = model.fbp(y)[0, 0]
     summary = _save_finetune_outputs(out, result, fbp, reference, model.losses)
-    summary.update(best_loss=model.best_loss, iterations=len(model.losses), stopped_early_at=model.stopped_at,
-                   returned_iterate="moving-variance minimum" if model.reconstruction is model.early_stop_image
-                   else "lowest loss",
-                   moving_variance_minimum_at=model.early_stop_iteration,
-                   input=opts.input,
+    if opts.network == "analytic":
+        summary.update(best_loss=min(model.losses), iterations=len(model.losses),
+                       returned_iterate="φ_B(y) with the trained B")
+    else:
+        summary.update(best_loss=model.best_loss, iterations=len(model.losses), stopped_early_at=model.stopped_at,
+                       returned_iterate="moving-variance minimum" if model.reconstruction is model.early_stop_image
+                       else "lowest loss",
+                       moving_variance_minimum_at=model.early_stop_iteration)
+    summary.update(input=opts.input,
                    sinogram_shape=list(scan.data.shape), interrupted=interrupted)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
@@ -158,9 +168,15 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
 
 
 def _dip_model(opts, geometry, pretrained: Optional[str]):
-    """The DIP model of ``finetune.py``'s options for one slice's geometry."""
+    """The DIP model of ``finetune.py``'s options for one slice's geometry (``--network analytic``:
+    the analytic deep prior, fitted the same way)."""
     from .methods.dip import DeepImagePrior
 
+    if opts.network == "analytic":
+        from .methods.analytic_deep_prior import AnalyticDeepPrior
+
+        return AnalyticDeepPrior(geometry.to_dict(), iterations=opts.adp_iterations, kernel_size=opts.adp_kernel,
+                                 lr=opts.lr)
     return DeepImagePrior(geometry.to_dict(), channels=(opts.channels,) * opts.scales,
                           skip_channels=(4,) * opts.scales, network_input=opts.network_input, tv_weight=opts.tv_weight,
                           lr=opts.lr, lr_warmup=opts.lr_warmup, seed=opts.seed, pretrained=pretrained,
@@ -238,6 +254,14 @@ def _finetune_argument_problems(opts) -> List[str]:
         at_least["--threads"] = (opts.threads, 1)
     if opts.network == "deep-decoder" and opts.init != "random":
         problems.append("--init loads U-Net weights (EDIP); the deep decoder starts from random weights")
+    if opts.network == "analytic":
+        if opts.init != "random":
+            problems.append("--init loads U-Net weights (EDIP); the analytic deep prior starts from B = A")
+        if opts.slices is not None:
+            problems.append("--network analytic reconstructs one slice (--slice), not --slices")
+        if opts.adp_kernel < 1 or opts.adp_kernel % 2 == 0:
+            problems.append(f"--adp-kernel must be an odd number >= 1, got {opts.adp_kernel}")
+        at_least["--adp-iterations"] = (opts.adp_iterations, 1)
     problems += [f"{name} must be >= {low}, got {value}" for name, (value, low) in at_least.items() if value < low]
     for name, value in (("--lr", opts.lr), ("--photons", opts.photons)):
         if not value > 0:

@@ -198,3 +198,21 @@ def test_finetune_runs_the_deep_decoder_and_refuses_it_with_edip_weights(tmp_pat
     assert summary["iterations"] == 12 and (tmp_path / "dd" / "recon.npy").exists()
     with pytest.raises(SystemExit):
         finetune_main([str(scan), "--network", "deep-decoder", "--init", str(scan), "--out", str(tmp_path / "x")])
+
+
+def test_finetune_runs_the_analytic_deep_prior_and_checks_its_options(tmp_path, capsys):
+    scan = tmp_path / "scan.h5"
+    write_scan(scan)
+    summary = finetune_main([str(scan), "--network", "analytic", "--iterations", "6", "--adp-iterations", "8",
+                             "--lr", "1e-2", "--reference", "full-fbp", "--threads", "1", "--logger", "none",
+                             "--out", str(tmp_path / "adp")])
+    assert summary["iterations"] == 6 and summary["returned_iterate"].startswith("φ_B")
+    assert summary["best_loss"] <= json.loads((tmp_path / "adp" / "summary.json").read_text())["best_loss"] + 1e-12
+    assert np.isfinite(np.load(tmp_path / "adp" / "recon.npy")).all() and "dip_psnr" in summary
+    for bad, message in ((["--adp-kernel", "4"], "--adp-kernel must be an odd"),
+                         (["--adp-iterations", "0"], "--adp-iterations must be >= 1"),
+                         (["--slices", "all"], "reconstructs one slice")):
+        with pytest.raises(SystemExit):
+            finetune_main([str(scan), "--network", "analytic", *bad, "--out", str(tmp_path / "x")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
