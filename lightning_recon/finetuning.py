@@ -53,6 +53,9 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
                         help="several detector rows of an .h5 scan: 'all', a row '3' or a range 'start:stop[:step]' "
                         "('0:16', '0:64:4'); reconstructed in turn, each warm-started from the previous one; "
                         "writes a (slices, H, W) stack and resumes in the same --out")
+    parser.add_argument("--warm-iterations", type=int, default=None,
+                        help="with --slices: iterations of each warm-started slice (default --iterations; "
+                        "neighbouring slices look alike, so a warm start needs far fewer)")
     parser.add_argument("--independent", action="store_true",
                         help="with --slices: start every slice from --init instead of the previous slice's network")
     parser.add_argument("--angle-step", type=int, default=1, help="keep every k-th projection (sparse view)")
@@ -243,6 +246,11 @@ def _finetune_argument_problems(opts) -> List[str]:
             problems.append(str(error))
     elif opts.independent:
         problems.append("--independent needs --slices (it starts every slice from --init)")
+    if opts.warm_iterations is not None:
+        if opts.slices is None or opts.independent:
+            problems.append("--warm-iterations needs --slices without --independent (warm-started slices)")
+        elif opts.warm_iterations < 1:
+            problems.append(f"--warm-iterations must be >= 1, got {opts.warm_iterations}")
     at_least = {"--angle-step": (opts.angle_step, 1), "--binning": (opts.binning, 1), "--iterations": (opts.iterations, 1),
                 "--channels": (opts.channels, 1), "--scales": (opts.scales, 1), "--slice": (opts.slice or 0, 0),
                 "--lr-warmup": (opts.lr_warmup, 0), "--early-stop-window": (opts.early_stop_window, 0),
@@ -415,7 +423,8 @@ def _slices_settings(opts) -> dict:
 
     return {"input": file(opts.input), "input_bytes": Path(opts.input).stat().st_size,
             "angle_step": opts.angle_step, "num_angles": opts.num_angles, "binning": opts.binning,
-            "center_offset": opts.center_offset, "iterations": opts.iterations, "lr": opts.lr,
+            "center_offset": opts.center_offset, "iterations": opts.iterations,
+            "warm_iterations": opts.warm_iterations, "lr": opts.lr,
             "lr_warmup": opts.lr_warmup, "tv_weight": opts.tv_weight, "network_input": opts.network_input,
             "data_loss": opts.data_loss, "photons": opts.photons, "early_stop_window": opts.early_stop_window,
             "early_stop_patience": opts.early_stop_patience,
@@ -586,13 +595,14 @@ def _finetune_slices(opts) -> dict:
                 if warm:
                     model.net.load_state_dict(net_state)
                 model.reference = reference
-                progress = _SliceProgress(bar, opts.iterations, record_psnr=reference is not None)
-                trainer = L.Trainer(max_steps=opts.iterations, accelerator=opts.accelerator, devices=1,
+                iterations = opts.warm_iterations if warm and opts.warm_iterations else opts.iterations
+                progress = _SliceProgress(bar, iterations, record_psnr=reference is not None)
+                trainer = L.Trainer(max_steps=iterations, accelerator=opts.accelerator, devices=1,
                                     logger=_logger(opts, out, index), enable_checkpointing=False,
                                     enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
                                     default_root_dir=str(out), callbacks=[progress])
                 y = torch.from_numpy(scan.data)[None, None]
-                if _fit_saving_on_interrupt(trainer, model, RepeatedMeasurement(y[0], opts.iterations).loader()):
+                if _fit_saving_on_interrupt(trainer, model, RepeatedMeasurement(y[0], iterations).loader()):
                     interrupted = True
                     break
                 if opts.logger == "wandb":

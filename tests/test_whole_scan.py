@@ -156,6 +156,9 @@ def test_an_interrupt_keeps_finished_slices_and_a_rerun_continues_the_warm_start
     (["--slices", "7"], "reaches beyond the scan's 4 detector rows"),
     (["--slices", "0:2", "--slice", "1"], "give --slice (one row) or --slices (several), not both"),
     (["--independent"], "--independent needs --slices"),
+    (["--warm-iterations", "5"], "--warm-iterations needs --slices without --independent"),
+    (["--slices", "0:2", "--independent", "--warm-iterations", "5"], "--warm-iterations needs --slices without"),
+    (["--slices", "0:2", "--warm-iterations", "0"], "--warm-iterations must be >= 1"),
     (["--slices", "0:2", "--reference", "TRUTH2D"], "with --slices it must be the volume (4, 24, 24)"),
 ])
 def test_bad_slices_arguments_are_one_line_errors(scan, tmp_path, capsys, argument, message):
@@ -176,3 +179,12 @@ def test_slices_need_an_h5_scan(tmp_path, capsys):
     with pytest.raises(SystemExit):
         finetune_main([str(tmp_path / "sinogram.npy"), "--slices", "0:2", "--out", str(tmp_path / "never")])
     assert "--slices needs an .h5 scan" in capsys.readouterr().err
+
+
+def test_warm_iterations_shorten_every_warm_started_slice(scan, tmp_path):
+    out = tmp_path / "short"
+    summary = finetune_main([str(scan[0]), "--slices", "0:3", "--warm-iterations", "10", *TINY, "--out", str(out)])
+    assert [r["iterations"] for r in summary["slices"]] == [30, 10, 10]
+    assert np.load(out / "recon.npy").shape == (3, 24, 24)
+    with pytest.raises(SystemExit):  # a rerun with other settings is refused, not mixed in
+        finetune_main([str(scan[0]), "--slices", "0:3", *TINY, "--out", str(out)])
