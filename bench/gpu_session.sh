@@ -8,6 +8,8 @@
 #   source .device/setup.sh && OUT=outputs/gpu_session bash bench/gpu_session.sh      # the H200
 #   source .device/setup.sh && MODELS=learned_pd TRAIN_TIME=00:00:06:00 SPEED=0 BASELINES=0 bash bench/gpu_session.sh
 #                                                  # one headline run alone (what the next GPU session should run)
+#   source .device/setup.sh && MODELS= SPEED=0 BASELINES=0 SLICES=1 bash bench/gpu_session.sh
+#                                                  # issue 14 alone: DIP it/s (1 vs 25/100 per step) and 64 slices, ≈ 4 min
 #   ACCEL=cpu TRAIN_TIME=00:00:00:20 SPEED_ARGS="--device cpu --steps 1 --warmup 1 --batch-size 2 --workers 1 --models LearnedGD" \
 #       TV_ARGS="--device cpu --iterations 5 --val-samples 2 --test-samples 2 --alphas 1 4" \
 #       CWGAN_SAMPLES=4 TEST_SAMPLES=4 DIP_ITERATIONS=5 DIP_TEST_IMAGES=1 bash bench/gpu_session.sh                          # a CPU dry run
@@ -22,18 +24,21 @@ TEST_SAMPLES=${TEST_SAMPLES:-100}
 DIP_ITERATIONS=${DIP_ITERATIONS:-2000}
 DIP_TEST_IMAGES=${DIP_TEST_IMAGES:-4}
 RUNS=${RUNS:-outputs/gpu_session_runs}
-MODELS=${MODELS:-learned_pd learned_gd fbp_unet cwgan}   # trained at once, sharing the GPU
+MODELS=${MODELS-learned_pd learned_gd fbp_unet cwgan}   # trained at once, sharing the GPU
 BASELINES=${BASELINES:-1}                                # TV and DIP+TV beside the trainings (0: skip)
 SPEED=${SPEED:-1}                                        # bench/train_speed.py first (0: skip)
 DIP_SPEED=${DIP_SPEED:-1}                                # bench/dip_speed.py: DIP it/s, 1 vs 25/100 per step (0: skip)
 DIP_SPEED_ARGS=${DIP_SPEED_ARGS:---accelerator gpu --iterations 1500 --per-step 1 25 100}
+SLICES=${SLICES:-0}                                      # bench/finetune_slices.py: 64 warm vs independent slices (issue 14)
+SLICES_ARGS=${SLICES_ARGS:---slices 64 --size 64 --angles 90 --num-angles 30 --iterations 600 --warm-iterations 150 --channels 32 --accelerator gpu}
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee "$OUT/session.log") 2>&1
 stamp() { echo "=== $(date +%T) $*"; }
 
 stamp "machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; nproc
-if [ "$ACCEL" = gpu ]; then
+GPU_TESTS=${GPU_TESTS:-1}                                # the gpu-marked tests first (0: skip)
+if [ "$ACCEL" = gpu ] && [ "$GPU_TESTS" = 1 ]; then
     stamp "gpu tests (at most 150 s)"; timeout 150 python -m pytest -q -m gpu -p no:cacheprovider --tb=short 2>&1 | grep -v "Warning\|warn" | tail -40
 fi
 
@@ -47,7 +52,13 @@ if [ "$DIP_SPEED" = 1 ]; then
     python bench/dip_speed.py $DIP_SPEED_ARGS --json "$OUT/dip_speed.json" 2>&1 | grep -v "Warning\|warn\|max_steps"
 fi
 
+if [ "$SLICES" = 1 ]; then
+    stamp "whole scan: 64 slices warm-started against independent (issue 14)"
+    python bench/finetune_slices.py $SLICES_ARGS --json "$OUT/finetune_slices.json" 2>&1 | grep -v "Warning\|warn" | tail -25
+fi
+
 n_runs=$(echo $MODELS | wc -w)
+[ "$n_runs" = 0 ] && { stamp "done (no trainings)"; exit 0; }
 stamp "training: $MODELS at once ($TRAIN_TIME each)"
 common=(--config configs/logger/csv.yaml --trainer.accelerator="$ACCEL" --trainer.max_time="$TRAIN_TIME"
         --trainer.enable_progress_bar=false --trainer.logger.init_args.save_dir="$RUNS/logs"
