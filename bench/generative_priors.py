@@ -63,6 +63,8 @@ def command(method: str, geometry: str, args) -> List[str]:
             out.append(f"--model.init_args.mus=[{','.join(str(v) for v in args.mus)}]")
         if args.lams:
             out.append(f"--model.init_args.lams=[{','.join(str(v) for v in args.lams)}]")
+    if args.test_samples:
+        out.append(f"--data.init_args.test_length={args.test_samples}")
     return out + [f"--model.init_args.results_dir={results}"]
 
 
@@ -109,6 +111,8 @@ def main() -> None:
     parser.add_argument("--tv-alphas", type=float, nargs="+", default=[0.0625, 0.125, 0.25, 0.5, 1, 2, 4, 8, 16])
     parser.add_argument("--tv-tune-samples", type=int, default=20)
     parser.add_argument("--fbp-tune-samples", type=int, default=32)
+    parser.add_argument("--test-samples", type=int, default=None,
+                        help="the first N test samples (default: the preset's test split, e.g. 100 for ellipses-30)")
     parser.add_argument("--results-root", default=None, help="default: bench/results/generative_<preset>")
     parser.add_argument("--out", default=None, help="JSON (default: <results-root>/generative_priors.json)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")

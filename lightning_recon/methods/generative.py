@@ -464,7 +464,7 @@ class GenerativeRegulariser(ReconstructionModule):
                  iterations: int = 200, restarts: int = 2, lr: float = 0.05, cg_iterations: int = 5,
                  nonnegative: bool = True, encoder_init: bool = True, seed: int = 0, tune: bool = False,
                  mus: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
-                 lams: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0), tune_samples: int = 8,
+                 lams: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0), tune_samples: int = 8,
                  method_name: Optional[str] = None, **kwargs):
         _check_settings(mode, mu, lam if mode == "soft" else 1.0, iterations, restarts, lr, cg_iterations)
         grid = mus if mode == "range" else lams
