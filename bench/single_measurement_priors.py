@@ -4,12 +4,15 @@ reconstruction ADP starts from.
 
     python bench/single_measurement_priors.py --case tooth --iterations 2000
     python bench/single_measurement_priors.py --case ellipses --images 2 --iterations 2000
+    python bench/single_measurement_priors.py --case ellipses-small --images 1 --iterations 10000 --tag _10000it
 
 Cases:
 - ``tooth``: ``../shared/data/tooth.h5`` slice 0, 30 of 181 angles, binning 4 (160²); reference: the
   181-angle FBP (Hann) — as bench/dip_sparse_view.py.
 - ``ellipses``: the first ``--images`` test samples of ellipses-30 (dival's standard, 128², 30
   angles, 2.5 % noise); reference: the ground truth.
+- ``ellipses-small``: the same for ellipses-small (dival's generator at 64², 30 angles, 2.5 %
+  noise): cheap enough on a CPU for runs long enough to over-fit.
 
 Every method runs from the same seed without TV (the property compared is how each behaves
 without a regulariser or early stop): the PSNR of every iterate against the reference, its peak
@@ -58,9 +61,9 @@ def cases(name: str, images: int):
 
         y, geometry, reference, _ = load_case("tooth")
         return [("tooth", y, geometry.to_dict(), reference)]
-    data = SimulatedCTDataModule(preset="ellipses-30", num_workers=0)
+    data = SimulatedCTDataModule(preset="ellipses-30" if name == "ellipses" else name, num_workers=0)
     test = data.dataset("test")
-    return [(f"ellipses test {i}", test[i]["measurement"][None], data.geometry_dict, test[i]["ground_truth"][0])
+    return [(f"{name} test {i}", test[i]["measurement"][None], data.geometry_dict, test[i]["ground_truth"][0])
             for i in range(images)]
 
 
@@ -81,13 +84,14 @@ def fit(model, y: torch.Tensor, reference: torch.Tensor, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=["tooth", "ellipses"], default="tooth")
+    parser.add_argument("--case", choices=["tooth", "ellipses", "ellipses-small"], default="tooth")
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--channels", type=int, default=32, help="U-Net channels per scale (5 scales)")
     parser.add_argument("--decoder-channels", type=int, default=64, help="deep decoder channels (5 layers)")
     parser.add_argument("--adp-iterations", type=int, default=50)
     parser.add_argument("--adp-steps", type=int, default=300)
+    parser.add_argument("--tag", default="", help="suffix of the output names: priors_<case><tag>.json/.png")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: small networks on a shared 2-core machine ran 10× faster than 2)")
     args = parser.parse_args()
@@ -122,10 +126,10 @@ def main() -> None:
         print(f"| {r['image']} | {r['method']} | {r['peak_psnr']:.2f} | {r['peak_iteration']} | {r['last_psnr']:.2f} | "
               f"{r['weights']} | {r['seconds_to_peak']:.1f} | {r['seconds']:.1f} |")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"priors_{args.case}.json"
+    out = RESULTS / f"priors_{args.case}{args.tag}.json"
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "args": vars(args),
                                "rows": rows}, indent=1))
-    _plot(rows, RESULTS / f"priors_{args.case}.png")
+    _plot(rows, out.with_suffix(".png"))
     print(f"wrote {out}")
 
 
