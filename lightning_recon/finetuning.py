@@ -151,7 +151,7 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
 
     result = model.reconstruction[0, 0].cpu()
     fbp = model.fbp(y)[0, 0]
-    summary = _save_finetune_outputs(out, result, fbp, reference, model.losses)
+    summary = _save_finetune_outputs(out, result, fbp, reference, model.losses, NETWORK_LABELS[opts.network])
     if opts.network == "analytic":
         summary.update(best_loss=min(model.losses), iterations=len(model.losses),
                        returned_iterate="φ_B(y) with the trained B")
@@ -168,6 +168,9 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
         _exit("finetune.py", f"interrupted after {len(model.losses)} iterations; the best iterate so far is saved "
               f"in {out}", 130)
     return summary
+
+
+NETWORK_LABELS = {"unet": "DIP", "deep-decoder": "deep decoder", "analytic": "analytic deep prior"}
 
 
 def _dip_model(opts, geometry, pretrained: Optional[str]):
@@ -290,8 +293,8 @@ def _finetune_argument_problems(opts) -> List[str]:
     return problems
 
 
-def _save_finetune_outputs(out, best, fbp, reference, losses) -> dict:
-    """recon.npy / recon.tif, preview.png (FBP | DIP [| reference]) and loss.png; returns metrics."""
+def _save_finetune_outputs(out, best, fbp, reference, losses, label: str = "DIP") -> dict:
+    """recon.npy / recon.tif, preview.png (FBP | ``label`` [| reference]) and loss.png; returns metrics."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,7 +305,7 @@ def _save_finetune_outputs(out, best, fbp, reference, losses) -> dict:
     image = best.numpy().astype(np.float32)
     np.save(out / "recon.npy", image)
     tifffile.imwrite(out / "recon.tif", image)
-    panels = [("FBP", fbp), ("DIP", best)] + ([("reference", reference)] if reference is not None else [])
+    panels = [("FBP", fbp), (label, best)] + ([("reference", reference)] if reference is not None else [])
     high = float(np.percentile((reference if reference is not None else best).numpy(), 99.5))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
     for ax, (name, panel) in zip(axes, panels):
@@ -729,7 +732,7 @@ def _save_slices_preview(out: Path, opts, offset, reference_volume, done: List[i
         scan, reference = _slice_inputs(opts, index, offset, reference_volume)
         fbp = FBP(scan.geometry, "Hann", 1.0)(torch.from_numpy(scan.data)[None, None])[0, 0].numpy()
         dip = np.load(slices_dir / f"slice_{index:04d}.npy")
-        panels = [("FBP", fbp), ("DIP", dip)] + ([("reference", reference.numpy())] if reference is not None else [])
+        panels = [("FBP", fbp), (NETWORK_LABELS[opts.network], dip)] + ([("reference", reference.numpy())] if reference is not None else [])
         high = float(np.percentile(panels[-1][1] if reference is not None else dip, 99.5))
         for ax, (name, panel) in zip(row, panels):
             ax.imshow(panel.T, origin="lower", cmap="gray", vmin=0, vmax=high)
