@@ -16,9 +16,9 @@ ACCEL=${ACCEL:-gpu}
 TRAIN_TIME=${TRAIN_TIME:-00:00:04:00}
 BENCH_ARGS=${BENCH_ARGS:-}
 EXTRA=${EXTRA:-}                 # extra train.py flags of the prior trainings
-RUNS=${RUNS:-outputs}            # where the experiment configs put the priors' checkpoints
+RUNS=${RUNS:-outputs/gpu_generative_runs}   # the priors' logs and checkpoints
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$RUNS"
 exec > >(tee "$OUT/session.log") 2>&1
 stamp() { echo "=== $(date +%T) $*"; }
 
@@ -26,7 +26,9 @@ stamp "machine"; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/nu
 stamp "VAE and GAN priors at once, $TRAIN_TIME each"
 pids=()
 for prior in vae gan; do
-    flags=(--trainer.accelerator="$ACCEL" --trainer.max_time="$TRAIN_TIME" --trainer.enable_progress_bar=false)
+    flags=(--trainer.accelerator="$ACCEL" --trainer.max_time="$TRAIN_TIME" --trainer.enable_progress_bar=false
+           --trainer.default_root_dir="$RUNS/$prior" --trainer.logger.init_args.save_dir="$RUNS/$prior"
+           --checkpoint.dirpath="$RUNS/$prior/checkpoints" --model.init_args.results_dir="$RUNS/$prior/results")
     [ "$ACCEL" = cpu ] && flags+=(--data.init_args.simulate_on=cpu --data.init_args.num_workers=0
                                   --data.init_args.val_length=2 --trainer.limit_val_batches=1)
     python train.py fit --config configs/experiment/ellipses30_${prior}_prior.yaml "${flags[@]}" $EXTRA \
@@ -40,10 +42,12 @@ stamp "range and soft next to FBP and TV, one process per geometry"
 pids=()
 for geometry in 30angles 10angles limited60; do
     python bench/generative_priors.py --preset ellipses-30 --geometries "$geometry" $BENCH_ARGS \
-        --vae "$RUNS/vae_prior_ellipses30/checkpoints/last.ckpt" --gan "$RUNS/gan_prior_ellipses30/checkpoints/last.ckpt" \
+        --vae "$RUNS/vae/checkpoints/last.ckpt" --gan "$RUNS/gan/checkpoints/last.ckpt" \
+        --results-root "$RUNS/results" \
         --out "$OUT/generative_$geometry.json" > "$OUT/bench_$geometry.log" 2>&1 &
     pids+=($!)
 done
 wait "${pids[@]}"
 for geometry in 30angles 10angles limited60; do stamp "$geometry"; tail -12 "$OUT/bench_$geometry.log"; done
+for geometry in 30angles 10angles limited60; do cp "$RUNS/results/$geometry/results.md" "$OUT/results_$geometry.md" 2>/dev/null; done
 stamp "done"
