@@ -181,14 +181,15 @@ def generative_reconstruction(
             out = generator(code)
             return out.clamp_min(0) if nonnegative else out
 
+        def step_z(loss: torch.Tensor) -> None:
+            """One Adam step on ``z`` down ``loss`` (gradients w.r.t. ``z`` only: ``G`` stays fixed)."""
+            (z.grad,) = torch.autograd.grad(loss, z)
+            optimizer.step()
+            schedule.step()
+
         if mode == "range":
             for _ in range(iterations):
-                misfit = _sum_per_sample(operator(image(z)) - y)
-                loss = (misfit + mu * _sum_per_sample(z)).sum()
-                (grad,) = torch.autograd.grad(loss, z)
-                z.grad = grad
-                optimizer.step()
-                schedule.step()
+                step_z((_sum_per_sample(operator(image(z)) - y) + mu * _sum_per_sample(z)).sum())
             with torch.no_grad():
                 x = image(z)
                 misfit = _sum_per_sample(operator(x) - y)
@@ -209,11 +210,7 @@ def generative_reconstruction(
                 generated = generator(z)
                 with torch.no_grad():
                     x = solve_x(x, generated.detach())
-                loss = lam * (_sum_per_sample(generated - x) + mu * _sum_per_sample(z)).sum()
-                (grad,) = torch.autograd.grad(loss, z)
-                z.grad = grad
-                optimizer.step()
-                schedule.step()
+                step_z(lam * (_sum_per_sample(generated - x) + mu * _sum_per_sample(z)).sum())
             with torch.no_grad():
                 generated = generator(z)
                 x = solve_x(x, generated)
