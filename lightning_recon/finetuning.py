@@ -153,15 +153,14 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     fbp = model.fbp(y)[0, 0]
     summary = _save_finetune_outputs(out, result, fbp, reference, model.losses, NETWORK_LABELS[opts.network])
     if opts.network == "analytic":
-        summary.update(best_loss=min(model.losses), iterations=len(model.losses),
-                       returned_iterate="φ_B(y) with the trained B")
+        summary.update(best_loss=min(model.losses), returned_iterate="φ_B(y) with the trained B")
     else:
-        summary.update(best_loss=model.best_loss, iterations=len(model.losses), stopped_early_at=model.stopped_at,
+        summary.update(best_loss=model.best_loss, stopped_early_at=model.stopped_at,
                        returned_iterate="moving-variance minimum" if model.reconstruction is model.early_stop_image
                        else "lowest loss",
                        moving_variance_minimum_at=model.early_stop_iteration)
-    summary.update(input=opts.input,
-                   sinogram_shape=list(scan.data.shape), interrupted=interrupted)
+    summary.update(iterations=len(model.losses), input=opts.input, sinogram_shape=list(scan.data.shape),
+                   interrupted=interrupted)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     if interrupted:

@@ -222,12 +222,19 @@ def generative_reconstruction(
                 "misfit": misfit[keep].detach()}
 
 
+def encoded_fbp(encoder: ImageEncoder, batch: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+    """The encoder's mean of ``batch["fbp"]``, ``(B, latent_dim)``: the code restart 0 starts from
+    (``None`` when the batch has no FBP)."""
+    if "fbp" not in batch:
+        return None
+    with torch.no_grad():
+        return encoder(batch["fbp"])[0]
+
+
 # -- the priors ------------------------------------------------------------------------------------
 class _GenerativePrior(ReconstructionModule):
     """Shared by the priors: the generator ``self.generator`` (an ``ImageDecoder`` on the data's
     image shape) and the validation reconstruction (range, ``val_iterations`` Adam steps)."""
-
-    has_encoder = False
 
     def __init__(self, latent_dim: int, generator_channels: Sequence[int], val_iterations: int, val_mu: float,
                  val_lr: float, **kwargs):
@@ -278,8 +285,6 @@ class VAEPrior(_GenerativePrior):
         **kwargs: geometry and the other settings of :class:`ReconstructionModule`.
     """
 
-    has_encoder = True
-
     def __init__(self, latent_dim: int = 128, generator_channels: Sequence[int] = (128, 64, 32, 16, 8),
                  encoder_channels: Optional[Sequence[int]] = None, likelihood_std: float = 0.05,
                  kl_warmup_steps: int = 0, val_iterations: int = 25, val_mu: float = 0.1, val_lr: float = 0.05,
@@ -317,11 +322,7 @@ class VAEPrior(_GenerativePrior):
         return loss
 
     def initial_code(self, batch: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
-        fbp = batch.get("fbp")
-        if fbp is None:
-            return None
-        with torch.no_grad():
-            return self.encoder(fbp)[0]
+        return encoded_fbp(self.encoder, batch)
 
     def validation_extras(self, pred: torch.Tensor, batch: Dict[str, torch.Tensor]) -> None:
         truth = batch["ground_truth"]
@@ -507,10 +508,7 @@ class GenerativeRegulariser(ReconstructionModule):
         settings = dict(mode=hp.mode, mu=hp.mu, lam=hp.lam, iterations=hp.iterations, restarts=hp.restarts, lr=hp.lr,
                         cg_iterations=hp.cg_iterations, nonnegative=hp.nonnegative, seed=hp.seed)
         settings.update(overrides)
-        z_init = None
-        if self.encoder is not None and hp.encoder_init and "fbp" in batch:
-            with torch.no_grad():
-                z_init = self.encoder(batch["fbp"])[0]
+        z_init = encoded_fbp(self.encoder, batch) if self.encoder is not None and hp.encoder_init else None
         return generative_reconstruction(self.generator, self.operator, batch["measurement"], z_init=z_init,
                                          **settings)
 
