@@ -16,7 +16,6 @@ Priors are trained beforehand (``configs/experiment/<preset>_{vae,gan}_prior*.ya
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -27,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from lightning_recon.methods import read_results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRIES = ("30angles", "10angles", "limited60")
@@ -69,14 +70,10 @@ def command(method: str, geometry: str, args) -> List[str]:
 
 
 def read_row(results_dir: Path, name: str) -> Optional[Dict[str, float]]:
-    path = results_dir / "results.csv"
-    if not path.exists():
-        return None
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            if row["method"] == name:
-                return {k: (float(v) if v not in ("", None) and k != "method" else v) for k, v in row.items()}
-    return None
+    """Row ``name`` of the results table in ``results_dir``, numbers as floats (None if absent)."""
+    row = read_results_table(results_dir).get(name)
+    return None if row is None else {k: (float(v) if v not in ("", None) and k != "method" else v)
+                                     for k, v in row.items()}
 
 
 def markdown_table(results: Dict[str, Dict[str, dict]], geometries, methods) -> str:

@@ -9,12 +9,12 @@ Runs ``configs/experiment/demo_cpu.yaml`` through the same CLI as ``train.py``; 
 """
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .cli import cli_main
+from .methods.base import read_results_table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "demo_cpu.yaml"
 BASELINES = {"FBP": "lightning_recon.methods.FBPBaseline", "TV": "lightning_recon.methods.TVBaseline"}
@@ -33,8 +33,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         cli_main(["test", *base, f"--model={class_path}", f"--model.init_args.method_name={name}",
                   *BASELINE_ARGS.get(name, []), "--trainer.logger=false"])
 
-    with (results_dir / "results.csv").open() as f:
-        rows = {r["method"]: float(r["psnr"]) for r in csv.DictReader(f)}
+    rows = {name: float(row["psnr"]) for name, row in read_results_table(results_dir).items()}
     learned = fit.model.method_name
     print("\n" + (results_dir / "results.md").read_text())
     print(f"{learned} − FBP: {rows[learned] - rows['FBP']:+.2f} dB, {learned} − TV: {rows[learned] - rows['TV']:+.2f} dB "

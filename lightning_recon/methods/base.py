@@ -32,7 +32,7 @@ from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
 from ..physics.geometry import Geometry2D
 from ..physics.operator import operator_from_dict, spec_from_dict
 
-__all__ = ["ReconstructionModule", "validation_samples", "with_schedule", "write_results_table"]
+__all__ = ["ReconstructionModule", "read_results_table", "validation_samples", "with_schedule", "write_results_table"]
 
 SCHEDULERS = ("cosine", "cosine-time", "none")
 
@@ -244,6 +244,15 @@ def with_schedule(optimizer: torch.optim.Optimizer, scheduler: str, trainer) -> 
 _HEADINGS = {"psnr": ("PSNR (dB)", ".2f"), "ssim": ("SSIM", ".3f"), "psnr_fixed": ("PSNR, fixed range", ".2f"),
              "ssim_fixed": ("SSIM, fixed range", ".3f"), "nmse": ("NMSE (dB)", ".2f"), "f1": ("F1", ".3f"),
              "seconds_per_image": ("s/image", ".4f"), "images": ("images", "d")}
+
+
+def read_results_table(directory: Path) -> Dict[str, Dict[str, str]]:
+    """The rows of ``directory/results.csv`` by method name (values as written; ``{}`` without a table)."""
+    csv_path = Path(directory) / "results.csv"
+    if not csv_path.exists():
+        return {}
+    with csv_path.open() as f:
+        return {row["method"]: row for row in csv.DictReader(f)}
 
 
 def write_results_table(directory: Path, row: Dict[str, Any]) -> Path:
