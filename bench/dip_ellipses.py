@@ -10,11 +10,14 @@ then the test images' mean at that γ (no test-set tuning). Prints tables, write
     python bench/dip_ellipses.py --split val --images 0 1 --json val.json
     python bench/dip_ellipses.py --split test --images 0 --json test0.json   # one process per image
     python bench/dip_ellipses.py --merge val.json test0.json test1.json --json bench/results/dip_ellipses.json
+    python bench/dip_ellipses.py --preset ellipses-small --num-angles 10 --channels 32 ...   # another geometry
+    python bench/dip_ellipses.py --preset ellipses-small --limited-angle 60 ...              # 30 angles over [0°, 60°)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -30,11 +33,11 @@ PUBLISHED = {"method": "DIP+TV (Baguer et al. 2020)", "psnr": 28.94, "ssim": 0.8
 
 
 def run_one(data: SimulatedCTDataModule, split: str, index: int, tv_weight: float, iterations: int,
-            accelerator: str) -> dict:
+            accelerator: str, channels: int = 64) -> dict:
     sample = data.dataset(split)[index]
     truth = sample["ground_truth"][0]
     L.seed_everything(0, verbose=False)
-    model = DeepImagePrior(data.geometry_dict, channels=(64,) * 5, skip_channels=(4,) * 5, network_input="fbp",
+    model = DeepImagePrior(data.geometry_dict, channels=(channels,) * 5, skip_channels=(4,) * 5, network_input="fbp",
                            tv_weight=tv_weight, lr=1e-3, fbp_frequency_scaling=1.0)  # the uncut FBP, as finetune.py
     model.reference = truth
     curve = []
@@ -54,6 +57,19 @@ def run_one(data: SimulatedCTDataModule, split: str, index: int, tv_weight: floa
     return {"split": split, "index": index, "tv_weight": tv_weight, "iterations": iterations, "seconds": seconds,
             "psnr": float(psnr(image, ref)), "ssim": float(ssim(image, ref)),
             "peak_psnr": curve[peak], "peak_iteration": peak + 1, "psnr_every_100": curve[99::100]}
+
+
+def geometry_arguments(preset: str, num_angles, limited_angle) -> dict:
+    """The data module's geometry arguments for ``--num-angles`` / ``--limited-angle`` (``{}``: the preset's)."""
+    if limited_angle is None:
+        return {} if num_angles is None else {"num_angles": num_angles}
+    if not 0 < limited_angle <= 180:
+        raise SystemExit(f"--limited-angle must be in (0, 180] degrees, got {limited_angle}")
+    geometry = SimulatedCTDataModule(preset).geometry_dict
+    if num_angles is not None:
+        geometry["num_angles"] = num_angles
+    geometry["angle_range"] = [0.0, math.radians(limited_angle)]
+    return {"geometry": geometry}
 
 
 def merge(paths, out: Path) -> None:
@@ -90,17 +106,22 @@ def main(argv=None):
     parser.add_argument("--tv-weights", type=float, nargs="+", default=[0.005, 0.015, 0.05])
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--preset", default="ellipses-30")
+    parser.add_argument("--num-angles", type=int, help="measured angles over [0, π) (default: the preset's)")
+    parser.add_argument("--limited-angle", type=float, metavar="DEGREES",
+                        help="measure the preset's angles over [0, DEGREES) instead of [0, 180)")
+    parser.add_argument("--channels", type=int, default=64, help="U-Net channels per scale (5 scales)")
     parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--merge", nargs="+", help="JSON files of earlier runs to merge")
     parser.add_argument("--json", type=Path, default=Path("bench/results/dip_ellipses.json"))
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.json)
-    data = SimulatedCTDataModule(args.preset, val_length=max(args.images) + 1, test_length=max(args.images) + 1)
+    data = SimulatedCTDataModule(args.preset, val_length=max(args.images) + 1, test_length=max(args.images) + 1,
+                                 **geometry_arguments(args.preset, args.num_angles, args.limited_angle))
     runs = []
     for index in args.images:
         for gamma in args.tv_weights:
-            runs.append(run_one(data, args.split, index, gamma, args.iterations, args.accelerator))
+            runs.append(run_one(data, args.split, index, gamma, args.iterations, args.accelerator, args.channels))
             print({k: v for k, v in runs[-1].items() if k != "psnr_every_100"}, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"runs": runs}, indent=1))
