@@ -21,11 +21,13 @@ import math
 import statistics
 import time
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
 
 from lightning_recon.data import SimulatedCTDataModule
+from lightning_recon.methods.base import write_results_table
 from lightning_recon.methods.dip import DeepImagePrior, RepeatedMeasurement
 from lightning_recon.metrics import psnr, ssim
 
@@ -72,7 +74,7 @@ def geometry_arguments(preset: str, num_angles, limited_angle) -> dict:
     return {"geometry": geometry}
 
 
-def merge(paths, out: Path) -> None:
+def merge(paths, out: Path, results_dir: Optional[Path] = None) -> None:
     runs = [run for path in paths for run in json.loads(Path(path).read_text())["runs"]]
     by = lambda split, gamma: [r for r in runs if r["split"] == split and r["tv_weight"] == gamma]  # noqa: E731
     gammas = sorted({r["tv_weight"] for r in runs})
@@ -93,7 +95,14 @@ def merge(paths, out: Path) -> None:
                       ssim=statistics.mean(r["ssim"] for r in test),
                       seconds_per_image=statistics.mean(r["seconds"] for r in test))
         print(f"DIP+TV, γ = {best:g}, {len(test)} test images: {result['psnr']:.2f} dB / SSIM {result['ssim']:.3f} "
-              f"(published {PUBLISHED['psnr']} / {PUBLISHED['ssim']}), {result['seconds_per_image']:.0f} s per image")
+              f"(published for ellipses-30 at 30 angles: {PUBLISHED['psnr']} / {PUBLISHED['ssim']}), {result['seconds_per_image']:.0f} s per image")
+        if results_dir is not None:
+            psnrs, ssims = [r["psnr"] for r in test], [r["ssim"] for r in test]
+            spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)  # noqa: E731  (torch's std, n − 1)
+            row = {"method": f"DIP+TV (γ = {best:g}, {test[0]['iterations']} iterations)",
+                   "psnr": result["psnr"], "psnr_std": spread(psnrs), "ssim": result["ssim"], "ssim_std": spread(ssims),
+                   "seconds_per_image": result["seconds_per_image"], "images": len(test)}
+            print(f"row added to {write_results_table(results_dir, row)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
@@ -113,9 +122,11 @@ def main(argv=None):
     parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--merge", nargs="+", help="JSON files of earlier runs to merge")
     parser.add_argument("--json", type=Path, default=Path("bench/results/dip_ellipses.json"))
+    parser.add_argument("--results-dir", type=Path,
+                        help="with --merge: also add the test row to this results table (results.csv/.md)")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.json)
+        return merge(args.merge, args.json, args.results_dir)
     data = SimulatedCTDataModule(args.preset, val_length=max(args.images) + 1, test_length=max(args.images) + 1,
                                  **geometry_arguments(args.preset, args.num_angles, args.limited_angle))
     runs = []
