@@ -35,6 +35,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpointing import AtomicCheckpointIO
+from .data.files import DataFileError
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels
 
 __all__ = ["ReconCLI", "cli_main", "default_wandb_mode", "expand_compose"]
@@ -146,8 +147,6 @@ class ReconCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(ReconstructionPanels, "panels")
-        # simulated CT data unless a config names another data module (light field, sparse coding)
-        parser.set_defaults({"data": {"class_path": "lightning_recon.data.SimulatedCTDataModule"}})
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's
@@ -339,6 +338,43 @@ def expand_compose(args: List[str], folder: Path) -> List[str]:
     return out
 
 
+DEFAULT_DATA_MODULE = "lightning_recon.data.SimulatedCTDataModule"
+
+
+def _names_data_module(args: List[str]) -> bool:
+    """Whether ``args`` choose a data class: ``--data CLASS``, ``--data.class_path``, or a config file
+    (or YAML string) with ``data: class_path:``."""
+    for i, arg in enumerate(args):
+        option = arg.partition("=")[0]
+        if option in ("--data", "--data.class_path"):
+            return True
+        if option in CONFIG_OPTIONS:
+            value = arg.partition("=")[2] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            import yaml
+
+            try:
+                content = _read_config(Path(value)) if Path(value).is_file() else yaml.safe_load(value)
+            except (yaml.YAMLError, OSError, ValueError):
+                content = None
+            data = content.get("data") if isinstance(content, dict) else None
+            if isinstance(data, str) or (isinstance(data, dict) and "class_path" in data):
+                return True
+    return False
+
+
+def with_default_data(args: List[str], subcommands: bool = True) -> List[str]:
+    """``args`` choosing simulated CT data (``SimulatedCTDataModule``) when they name no data class
+    (after the subcommand, or first without subcommands). A parser default would carry its settings
+    (batch size 32, workers) into a data class a config names; so a data module's defaults stay its own."""
+    if _names_data_module(args) or any(a in ("-h", "--help") for a in args):
+        return args
+    position = next((i for i, a in enumerate(args) if a in ("fit", "validate", "test", "predict")), None)
+    if position is None and subcommands:
+        return args
+    position = -1 if position is None else position
+    return [*args[: position + 1], f"--data={DEFAULT_DATA_MODULE}", *args[position + 1:]]
+
+
 def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
     """Entry point of ``train.py``; ``args`` as on the command line (``None``: ``sys.argv``). Config
     files with a ``compose:`` list are expanded first (``expand_compose``); the copies without the
@@ -346,16 +382,22 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
     given = sys.argv[1:] if args is None else args
     with tempfile.TemporaryDirectory(prefix="lightning_recon-compose-") as folder:
         if isinstance(given, (list, tuple)):  # (LightningCLI also takes a dict or Namespace: as it is)
-            expanded = expand_compose(list(given), Path(folder))
+            expanded = with_default_data(expand_compose(list(given), Path(folder)), subcommands=run)
             args = args if expanded == list(given) else expanded
-        return ReconCLI(
-            L.LightningModule,  # any method: CT (ReconstructionModule), light field / sparse coding (SparseRecoveryModule)
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=LoggedSaveConfig,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")], "default_root_dir": "outputs"},
-            args=args,
-            run=run,
-        )
+        try:
+            return ReconCLI(
+                L.LightningModule,  # any method: CT (ReconstructionModule), light field / sparse coding (SparseRecoveryModule)
+                L.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_callback=LoggedSaveConfig,
+                save_config_kwargs={"overwrite": True},
+                trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")],
+                                  "default_root_dir": "outputs"},
+                args=args,
+                run=run,
+            )
+        except DataFileError as error:  # a user's file found bad during the run (also in a loader worker)
+            if os.environ.get("LIGHTNING_RECON_DEBUG"):
+                raise
+            _exit("train.py", str(error).rpartition("DataFileError: ")[2])

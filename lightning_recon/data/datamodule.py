@@ -2,7 +2,8 @@
 each one in full)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import math
+from typing import Any, Dict, Optional, Tuple, Union
 
 import lightning as L
 import torch
@@ -14,7 +15,8 @@ from .device_simulation import DeviceEllipsesSimulator, SampleIndices
 from .resumable import ResumableLoader
 from .simulated import EllipsesDataset
 
-__all__ = ["SimulatedCTDataModule", "PRESETS"]
+__all__ = ["DATA_RANGES", "PRESETS", "SimulatedCTDataModule", "SplitDataModule", "check_loader_settings",
+           "parse_data_range"]
 
 # dival's `ellipses` standard (dival 0.6.2, `get_standard_dataset('ellipses', fixed_seeds=True)`):
 # dival's phantom generator at 128², simulated from the truth upsampled bilinearly to 400², 30
@@ -36,6 +38,28 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                               train_length=32000, val_length=3200, test_length=100),
 }
 SPLIT_SEEDS = {"train": 42, "val": 2, "test": 1}
+DATA_RANGES = ("per-image", "dataset")
+
+
+def parse_data_range(choice: Union[float, str], allow_dataset: bool = True) -> Union[float, str, None]:
+    """A data module's ``data_range`` setting: a positive number (fixed), ``"per-image"`` (``None``:
+    each image's ``max − min``) or ``"dataset"`` (resolved by the data module)."""
+    if isinstance(choice, str):
+        allowed = DATA_RANGES if allow_dataset else ("per-image",)
+        if choice not in allowed:
+            raise ValueError(f"data_range must be a positive number or one of {allowed}, got {choice!r}")
+        return None if choice == "per-image" else choice
+    if isinstance(choice, bool) or not isinstance(choice, (int, float)) or not math.isfinite(choice) or choice <= 0:
+        raise ValueError(f"data_range must be a positive number or 'per-image', got {choice!r}")
+    return float(choice)
+
+
+def check_loader_settings(batch_size: int, num_workers: int) -> Tuple[int, int]:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    return batch_size, num_workers
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -51,12 +75,19 @@ class SplitDataModule(L.LightningDataModule):
         return self.geometry.to_dict()
 
     @property
-    def fixed_data_range(self) -> float:
-        """The fixed PSNR/SSIM range: phantoms and neuron volumes are normalised to at most 1."""
+    def fixed_data_range(self) -> Optional[float]:
+        """The PSNR/SSIM range of ``val/psnr`` and the "fixed" test columns (``None``: per image);
+        phantoms and neuron volumes are normalised to at most 1."""
         return 1.0
 
     def dataset(self, split: str):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Build the splits ``stage`` needs (a missing or bad one fails here, before any step)."""
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage, tuple(SPLIT_SEEDS)):
+            self.dataset(split)
 
     def _loader(self, split: str) -> DataLoader:
         """The split in order (validation, test, predict)."""
@@ -168,9 +199,7 @@ class SimulatedCTDataModule(SplitDataModule):
             geometry = ParallelBeam2D((size, size), num_angles=int(base["num_angles"])).to_dict()
         self.geometry = geometry_from_dict(geometry)
         self.save_hyperparameters(dict(self.hparams, geometry=self.geometry.to_dict()))  # as the model records it
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
         if simulation_size is None:
             ratio = 1.0 if simulation_factor > 1 else base["simulation_ratio"]
             simulation_shape = tuple(int(round(s * ratio)) for s in self.geometry.image_shape)
@@ -219,7 +248,3 @@ class SimulatedCTDataModule(SplitDataModule):
             return self.device_simulator()(batch, device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in splits.get(stage, tuple(SPLIT_SEEDS)):
-            self.dataset(split)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -25,9 +26,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from ..metrics import image_metrics
+from ..metrics import image_metrics, psnr, ssim
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
 from ..physics.geometry import Geometry2D
 from ..physics.operator import operator_from_dict, spec_from_dict
@@ -35,6 +37,9 @@ from ..physics.operator import operator_from_dict, spec_from_dict
 __all__ = ["ReconstructionModule", "read_results_table", "validation_samples", "with_schedule", "write_results_table"]
 
 SCHEDULERS = ("cosine", "cosine-time", "none")
+# Lightning warns whenever a module defines on_after_batch_transfer and a data module is used; ours
+# adds the FBP to batches without one, and no data module of the project defines that hook.
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule`")
 
 
 class ReconstructionModule(L.LightningModule):
@@ -46,7 +51,8 @@ class ReconstructionModule(L.LightningModule):
         lr, betas, weight_decay: AdamW settings.
         scheduler: ``"cosine"`` (annealed to 0 over ``max_steps``), ``"cosine-time"`` (annealed to 0
             over the trainer's ``max_time`` of training: a fixed time budget, any speed) or ``"none"``.
-        data_range: fixed data range for ``val/psnr``/``val/ssim`` and the "fixed" test columns.
+        data_range: fixed data range for ``val/psnr``/``val/ssim`` and the "fixed" test columns;
+            ``None``: each image's own ``max − min`` there too (the CLI links the data module's choice).
         fbp_filter, fbp_frequency_scaling: the FBP of CT methods (their initial reconstruction; the
             CLI links it from the data module, so it is the one the training inputs were made with).
         ray_transform_backend: ``auto``, ``matrix``, ``astra_cuda`` or ``odl`` (CT only).
@@ -69,7 +75,7 @@ class ReconstructionModule(L.LightningModule):
         betas: Tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         scheduler: str = "cosine",
-        data_range: float = 1.0,
+        data_range: Optional[float] = 1.0,
         fbp_filter: str = DEFAULT_FBP_FILTER,
         fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
         ray_transform_backend: str = "auto",
@@ -90,10 +96,13 @@ class ReconstructionModule(L.LightningModule):
         self.fbp = (FBP(geometry, fbp_filter, fbp_frequency_scaling, ray_transform=self.operator)
                     if isinstance(geometry, Geometry2D) else None)
         domain = self.operator.domain_shape
-        self.val_psnr = PeakSignalNoiseRatio(data_range=data_range, reduction="elementwise_mean",
-                                             dim=tuple(range(1, 1 + len(domain))))
-        # SSIM for images (B, 1, H, W) only; volumes and codes have their own scores
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=data_range) if self.is_image_problem else None
+        if data_range is None:  # per-image ranges: the mean of per-image scores
+            self.val_psnr, self.val_ssim = MeanMetric(), MeanMetric() if self.is_image_problem else None
+        else:
+            self.val_psnr = PeakSignalNoiseRatio(data_range=data_range, reduction="elementwise_mean",
+                                                 dim=tuple(range(1, 1 + len(domain))))
+            # SSIM for images (B, 1, H, W) only; volumes and codes have their own scores
+            self.val_ssim = StructuralSimilarityIndexMeasure(data_range=data_range) if self.is_image_problem else None
         self._test_rows: List[Dict[str, torch.Tensor]] = []
 
     @property
@@ -124,6 +133,13 @@ class ReconstructionModule(L.LightningModule):
             raise ValueError("measurement contains NaN or inf values")
         return self.reconstruct(self.measurement_batch(measurement))
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A CT batch without ``fbp`` (stored or measured data) gets this module's FBP, on its device."""
+        if isinstance(batch, dict) and self.fbp is not None and "fbp" not in batch and "measurement" in batch:
+            with torch.no_grad():
+                batch["fbp"] = self.fbp(batch["measurement"].float())
+        return batch
+
     def on_fit_start(self) -> None:
         if self.hparams.get("channels_last"):
             self.to(memory_format=torch.channels_last)
@@ -138,9 +154,14 @@ class ReconstructionModule(L.LightningModule):
         pred = self.reconstruct(batch).float()
         truth = batch["ground_truth"]
         with torch.autocast(self.device.type, enabled=False):  # SSIM's convolutions in bf16 are wrong
-            self.val_psnr(pred, truth)
-            if self.val_ssim is not None:
-                self.val_ssim(pred, truth)
+            if self.hparams.data_range is None:
+                self.val_psnr.update(psnr(pred, truth))
+                if self.val_ssim is not None:
+                    self.val_ssim.update(ssim(pred, truth))
+            else:
+                self.val_psnr(pred, truth)
+                if self.val_ssim is not None:
+                    self.val_ssim(pred, truth)
         self.log("val/loss", torch.nn.functional.mse_loss(pred, truth), sync_dist=True, batch_size=len(truth))
         self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=len(truth))
         if self.val_ssim is not None:

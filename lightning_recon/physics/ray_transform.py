@@ -39,8 +39,21 @@ from .operator import LinearOperator, register_operator
 __all__ = ["RayTransform", "BACKENDS", "astra_cuda_available", "cache_dir"]
 
 BACKENDS = ("auto", "odl", "matrix", "astra_cuda")
-DEFAULT_MAX_MATRIX_BYTES = 2 * 1024**3
 DEFAULT_MAX_GPU_MATRIX_BYTES = 512 * 1024**2
+
+
+def default_max_matrix_bytes() -> int:
+    """The CPU budget of ``auto`` for the system matrix and its transpose: 40 % of the machine's
+    memory, at most 8 GiB (LoDoPaB's 362² × 1000 angles needs 3.8 GB and runs 14× faster than
+    ``odl`` at batch 4; docs/benchmarks.md)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): the old fixed budget
+        return 2 * 1024**3
+    return int(min(8 * 1024**3, 0.4 * memory))
+
+
+DEFAULT_MAX_MATRIX_BYTES = default_max_matrix_bytes()
 
 
 def cache_dir() -> Path:
@@ -103,8 +116,23 @@ class _MatrixImpl:
         return torch.sparse.mm(mat_t, y.reshape(y.shape[0], -1).T).T.reshape(y.shape[0], *out_shape)
 
 
+def transpose_scale(forward, back_project, geometry: Geometry, device: torch.device) -> float:
+    """The constant ``c`` with ``c · back_project = forwardᵀ``: one dot-product test ⟨Ax, y⟩ / ⟨x, BP y⟩
+    on fixed random (seed 0) ``x`` and ``y``. ASTRA's back-projectors and ODL's adjoint (weighted by
+    angle cell × detector cell / pixel area) equal the transposed forward projector only up to a
+    constant that depends on the physical pixel and detector sizes."""
+    gen = torch.Generator().manual_seed(0)
+    domain, sinogram = geometry.domain_shape, geometry.sinogram_shape
+    x = torch.rand((1, *domain), generator=gen).to(device)
+    y = torch.rand((1, *sinogram), generator=gen).to(device)
+    lhs = float((forward(x, sinogram).double() * y).sum())
+    rhs = float((x.double() * back_project(y, domain)).sum())
+    return lhs / rhs
+
+
 class _OdlImpl:
-    """ODL's ray transform, one sample at a time through host memory (reference backend)."""
+    """ODL's ray transform, one sample at a time through host memory (reference backend). The adjoint
+    is ODL's, rescaled to the transposed forward projector (``transpose_scale``)."""
 
     def __init__(self, geometry: Geometry, device: torch.device):
         impl = "astra_cuda" if isinstance(geometry, ConeBeam3D) else "astra_cpu"
@@ -115,6 +143,7 @@ class _OdlImpl:
             )
         self.op = geometry.odl_ray_transform(impl=impl)
         self.device = device
+        self._adjoint_scale = transpose_scale(self.forward, self._odl_adjoint, geometry, device)
 
     def _compute(self, op, batch: torch.Tensor, out_shape) -> torch.Tensor:
         host = batch.detach().to("cpu", torch.float32).numpy()
@@ -124,8 +153,11 @@ class _OdlImpl:
     def forward(self, x, out_shape):
         return self._compute(self.op, x, out_shape)
 
-    def adjoint(self, y, out_shape):
+    def _odl_adjoint(self, y, out_shape):
         return self._compute(self.op.adjoint, y, out_shape)
+
+    def adjoint(self, y, out_shape):
+        return self._odl_adjoint(y, out_shape) * self._adjoint_scale
 
 
 class _AstraCudaImpl:
@@ -223,17 +255,10 @@ class _AstraCudaImpl:
 
     @property
     def adjoint_scale(self) -> float:
-        """ASTRA's GPU back-projector equals the transposed forward projector only up to a
-        geometry-dependent constant; one dot-product test ⟨Ax, y⟩ / ⟨x, BP y⟩ (fixed seed) fixes it."""
+        """ASTRA's GPU back-projector times this constant is the transposed forward projector."""
         if self._adjoint_scale is None:
             self._adjoint_scale = 1.0
-            gen = torch.Generator(device=self.device).manual_seed(0)
-            domain = self.geometry.domain_shape
-            x = torch.rand((1, *domain), generator=gen, device=self.device)
-            y = torch.rand((1, *self.geometry.sinogram_shape), generator=gen, device=self.device)
-            lhs = float((self.forward(x, self.geometry.sinogram_shape).double() * y).sum())
-            rhs = float((x.double() * self.adjoint(y, domain)).sum())
-            self._adjoint_scale = lhs / rhs
+            self._adjoint_scale = transpose_scale(self.forward, self.adjoint, self.geometry, self.device)
         return self._adjoint_scale
 
     def __del__(self):
@@ -312,12 +337,19 @@ def _load_or_build_matrix(geometry: Geometry):
 
 
 def estimated_matrix_bytes(geometry: Geometry) -> int:
-    """Memory of the matrix and its transpose in float32 CSR with int32 indices (an upper estimate:
-    ≈ 2 non-zeros per pixel and angle over the detector's span)."""
+    """Memory of the matrix and its transpose in float32 CSR with int32 indices, an upper estimate
+    for ASTRA's ``linear`` kernel: a ray meets two pixels per image row (or column) it crosses, so
+    per angle the non-zeros are ``2 · mean(max(|cos θ|, |sin θ|)) · H · W · pixel / detector pixel``
+    with the mean ``2√2/π`` (LoDoPaB's 362², 1000 angles: 236.4 M, as counted), here with the ratio
+    at least 1 and 5 % added. Fan beam: the detector pixel scaled back to the rotation centre."""
     if isinstance(geometry, ConeBeam3D):
         return 1 << 62
     h, w = geometry.image_shape
-    nnz = 2.0 * geometry.n_angles * max(h, w) * math.hypot(h, w)
+    detector_pixel = geometry.detector_pixel_size
+    if isinstance(geometry, FanBeam2D):
+        detector_pixel /= geometry.magnification
+    per_angle = 2 * (2 * math.sqrt(2) / math.pi) * h * w * max(1.0, min(geometry.pixel_size) / detector_pixel)
+    nnz = 1.05 * geometry.n_angles * per_angle
     return int(2 * nnz * (4 + 4))
 
 
