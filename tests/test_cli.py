@@ -29,11 +29,30 @@ def base_configs(group: str, path: str = ""):
     return [arg for path in defaults.values() for arg in ("--config", str(CONFIGS / path))]
 
 
+def file_data_flags(path: str, folder: Path):
+    """Made files (reduced sizes) for the configs that read a user's data, as flags after the config."""
+    from lightning_recon.physics import ParallelBeam2D
+
+    from .made_data import LODOPAB_SMALL_FLAGS, make_image_folder, make_lodopab, make_pairs
+
+    if "lodopab" in path:
+        made = make_lodopab(folder, {"train": [2], "validation": [1], "test": [1]})
+        return [f"--data.init_args.path={made}", *LODOPAB_SMALL_FLAGS]
+    if path == "data/images.yaml":
+        return [f"--data.init_args.path={make_image_folder(folder, 6, size=24)}"]
+    if path == "data/pairs.yaml":
+        made = make_pairs(folder, 6, ParallelBeam2D((24, 24), num_angles=10))
+        return [f"--data.init_args.path={made}", "--data.init_args.geometry.image_shape=[24, 24]",
+                "--data.init_args.geometry.num_angles=10"]
+    return []
+
+
 @pytest.mark.parametrize("path", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")))
 def test_every_committed_config_parses_and_instantiates(path, tmp_path):
     group = path.split("/")[0]
     args = [] if group == "experiment" else base_configs(group, path)
-    args += ["--config", str(CONFIGS / path), "--trainer.default_root_dir", str(tmp_path)]
+    args += ["--config", str(CONFIGS / path), *file_data_flags(path, tmp_path / "data"),
+             "--trainer.default_root_dir", str(tmp_path)]
     if group in ("experiment", "trainer"):
         args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
                  "--trainer.precision=32-true", "--trainer.sync_batchnorm=false"]

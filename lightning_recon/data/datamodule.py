@@ -41,9 +41,11 @@ SPLIT_SEEDS = {"train": 42, "val": 2, "test": 1}
 DATA_RANGES = ("per-image", "dataset")
 
 
-def parse_data_range(choice: Union[float, str], allow_dataset: bool = True) -> Union[float, str, None]:
-    """A data module's ``data_range`` setting: a positive number (fixed), ``"per-image"`` (``None``:
-    each image's ``max − min``) or ``"dataset"`` (resolved by the data module)."""
+def parse_data_range(choice: Union[float, str, None], allow_dataset: bool = True) -> Union[float, str, None]:
+    """A data module's ``data_range`` setting: a positive number (fixed), ``"per-image"`` or ``None``
+    (``None``: each image's ``max − min``) or ``"dataset"`` (resolved by the data module)."""
+    if choice is None:
+        return None
     if isinstance(choice, str):
         allowed = DATA_RANGES if allow_dataset else ("per-image",)
         if choice not in allowed:

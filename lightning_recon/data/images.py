@@ -226,7 +226,7 @@ class ImageDataModule(SplitDataModule):
         photons: float = 4096.0,
         mu_max: Optional[float] = None,
         simulation_size: Optional[int] = None,
-        data_range: Union[float, str] = "dataset",
+        data_range: Union[float, str, None] = "dataset",
         check_files: bool = True,
         fbp_filter: str = DEFAULT_FBP_FILTER,
         fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
@@ -252,6 +252,8 @@ class ImageDataModule(SplitDataModule):
             raise ValueError("data_range 'dataset' reads every training image: set check_files true or give a number")
         if check_files:
             self._check_files()
+        # resolved settings, as the model records them (Lightning logs both and requires equal values)
+        self.save_hyperparameters(dict(self.hparams, data_range=self._data_range, geometry=self.geometry.to_dict()))
         rank_zero_info("images: " + ", ".join(f"{s} {len(self.splits[s])}" for s in SPLIT_SEEDS)
                        + f" files, ground truths {self.geometry.image_shape[0]}×{self.geometry.image_shape[1]}, "
                        f"sinograms {self.geometry.sinogram_shape[0]}×{self.geometry.sinogram_shape[1]}")

@@ -261,7 +261,7 @@ class LoDoPaBDataModule(SplitDataModule):
     def __init__(self, path: str, angle_step: int = 1, min_photon_count: Optional[float] = None,
                  sorted_by_patient: bool = False, train_length: Optional[int] = None,
                  val_length: Optional[int] = None, test_length: Optional[int] = None,
-                 data_range: Union[float, str] = 1.0, fbp_filter: str = DEFAULT_FBP_FILTER,
+                 data_range: Union[float, str, None] = 1.0, fbp_filter: str = DEFAULT_FBP_FILTER,
                  fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING, batch_size: int = 4,
                  num_workers: int = 2, image_size: int = IMAGE_SHAPE[0], num_angles: int = NUM_ANGLES,
                  num_detector_pixels: int = NUM_DETECTOR_PIXELS):
@@ -290,6 +290,8 @@ class LoDoPaBDataModule(SplitDataModule):
             f"{PART_OF_SPLIT[s]} missing" if s in self._missing else
             f"{PART_OF_SPLIT[s]} {len(self.datasets[s])} of {LODOPAB_LENGTHS[PART_OF_SPLIT[s]]}"
             for s in PART_OF_SPLIT)
+        # resolved settings, as the model records them (Lightning logs both and requires equal values)
+        self.save_hyperparameters(dict(self.hparams, data_range=self._data_range))
         rank_zero_info(f"LoDoPaB-CT in {path}: {found} samples")
 
     @property

@@ -225,7 +225,7 @@ class MeasuredPairsDataModule(SplitDataModule):
         binning: int = 1,
         center_offset: Optional[float] = None,
         min_transmission: float = 1e-4,
-        data_range: Union[float, str] = "dataset",
+        data_range: Union[float, str, None] = "dataset",
         check_files: bool = True,
         fbp_filter: str = DEFAULT_FBP_FILTER,
         fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
@@ -263,6 +263,8 @@ class MeasuredPairsDataModule(SplitDataModule):
             for split in (s for s in SPLIT_SEEDS if self.splits[s]):  # the sinograms too
                 for index in range(len(self.dataset(split))):
                     self.dataset(split)._measurement(index)
+        # resolved settings, as the model records them (Lightning logs both and requires equal values)
+        self.save_hyperparameters(dict(self.hparams, data_range=self._data_range, geometry=self.geometry.to_dict()))
         rank_zero_info("pairs: " + ", ".join(f"{s} {len(self.splits[s])}" for s in SPLIT_SEEDS)
                        + f", sinograms {self.geometry.sinogram_shape[0]}×{self.geometry.sinogram_shape[1]}")
 
