@@ -38,7 +38,7 @@ def file_data_flags(path: str, folder: Path):
     if "lodopab" in path:
         made = make_lodopab(folder, {"train": [2], "validation": [1], "test": [1]})
         return [f"--data.init_args.path={made}", *LODOPAB_SMALL_FLAGS]
-    if path == "data/images.yaml":
+    if path in ("data/images.yaml", "experiment/images_learned_gd_cpu.yaml"):
         return [f"--data.init_args.path={make_image_folder(folder, 6, size=24)}"]
     if path == "data/pairs.yaml":
         made = make_pairs(folder, 6, ParallelBeam2D((24, 24), num_angles=10))

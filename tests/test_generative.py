@@ -148,7 +148,8 @@ def test_restarts_keep_the_lowest_objective_per_sample():
     y = operator(torch.rand(3, 1, SIZE, SIZE))
     one = generative_reconstruction(generator, operator, y, iterations=10, restarts=1)
     three = generative_reconstruction(generator, operator, y, iterations=10, restarts=3)
-    assert bool((three["objective"] <= one["objective"] + 1e-4).all())
+    # restart 0 of both is the same start: equal up to float32 rounding of objectives ~2.5e4 (a ULP is 2e-3)
+    assert bool((three["objective"] <= one["objective"] * (1 + 1e-6) + 1e-4).all())
 
 
 # -- the regulariser module ----------------------------------------------------------------------

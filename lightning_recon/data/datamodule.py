@@ -57,10 +57,10 @@ def parse_data_range(choice: Union[float, str, None], allow_dataset: bool = True
 
 
 def check_loader_settings(batch_size: int, num_workers: int) -> Tuple[int, int]:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers!r}")
     return batch_size, num_workers
 
 
