@@ -13,7 +13,7 @@ from lightning_recon.data import (DataFileError, ImageDataModule, LoDoPaBDataMod
                                   MeasuredPairsDataModule, lodopab_geometry)
 from lightning_recon.physics import FBP, ParallelBeam2D
 
-from .made_data import LODOPAB_SMALL, LODOPAB_SMALL_FLAGS, make_image_folder, make_lodopab, make_pairs, write_dicom
+from .made_data import LODOPAB_SMALL, LODOPAB_SMALL_FLAGS, make_image_folder, make_lodopab, make_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -243,6 +243,15 @@ def test_train_py_fit_and_test_on_an_image_folder_and_on_pairs(tmp_path):
     assert "LearnedGD" in table
 
 
+def test_train_py_fit_and_test_on_a_dicom_series(tmp_path):
+    series = make_image_folder(tmp_path / "series", 8, size=32, kind="dcm")
+    table = _fit_and_test(tmp_path, ["--config", str(CONFIGS / "data/images.yaml"), f"--data.init_args.path={series}",
+                                     "--data.init_args.intensity=[-1000, 0]", "--data.init_args.image_size=24",
+                                     "--data.init_args.num_angles=12", "--data.init_args.simulation_size=null",
+                                     "--data.init_args.val_fraction=0.25", "--data.init_args.test_fraction=0.25"])
+    assert "LearnedGD" in table
+
+
 def test_train_py_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -282,3 +291,22 @@ def test_lodopab_at_full_size(tmp_path):
     assert sample["measurement"].shape == (1, 1000, 513)
     fbp = FBP(dataset.geometry, "Hann", 1.0)(sample["measurement"][None])
     assert abs(float(fbp.mean()) / float(truth.mean()) - 1) < 0.05
+
+
+def test_manifest_reads_a_raw_data_exchange_scan_as_finetune_does(tmp_path):
+    from lightning_recon.data.real import load_data_exchange
+    from lightning_recon.data.synthetic_scan import read_ground_truth, write_synthetic_scan
+
+    rows = ["measurement,reference"]
+    for i in range(3):
+        write_synthetic_scan(tmp_path / f"scan{i}.h5", slices=2, size=24, angles=20, seed=i)
+        np.save(tmp_path / f"truth{i}.npy", read_ground_truth(tmp_path / f"scan{i}.h5", 1))
+        rows.append(f"scan{i}.h5,truth{i}.npy")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    geometry = ParallelBeam2D((24, 24), num_angles=20, num_detector_pixels=24, detector_extent=24.0)
+    module = MeasuredPairsDataModule(str(tmp_path / "pairs.csv"), geometry=geometry.to_dict(), slice_index=1,
+                                     val_fraction=0, test_fraction=0.34)
+    train = module.dataset("train")
+    scan = train.items[0][1]
+    expected = load_data_exchange(scan, slice_index=1, center_offset=None).data  # flat/dark corrected, −log
+    assert np.array_equal(train[0]["measurement"][0].numpy(), expected)

@@ -70,6 +70,7 @@ class SplitDataModule(L.LightningDataModule):
 
     batch_size: int
     num_workers: int
+    data_range: Optional[float] = 1.0  # phantoms and neuron volumes are normalised to at most 1
 
     @property
     def geometry_dict(self) -> Dict[str, Any]:
@@ -78,9 +79,8 @@ class SplitDataModule(L.LightningDataModule):
 
     @property
     def fixed_data_range(self) -> Optional[float]:
-        """The PSNR/SSIM range of ``val/psnr`` and the "fixed" test columns (``None``: per image);
-        phantoms and neuron volumes are normalised to at most 1."""
-        return 1.0
+        """The PSNR/SSIM range of ``val/psnr`` and the "fixed" test columns (``None``: per image)."""
+        return self.data_range
 
     def dataset(self, split: str):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -27,7 +27,7 @@ from .files import (DataFileError, RESIZE_MODES, find_files, hu_to_attenuation, 
                     sort_dicom_series)
 from .simulated import noise_model, simulation_geometry
 
-__all__ = ["ImageDataModule", "ImageFileDataset", "INTENSITY_MODES", "check_splits", "split_files"]
+__all__ = ["FileSplitsDataModule", "ImageDataModule", "ImageFileDataset", "INTENSITY_MODES", "split_files"]
 
 INTENSITY_MODES = ("minmax", "none", "attenuation")
 NOISE_SEEDS = {"train": 1, "val": 2, "test": 3}
@@ -57,25 +57,56 @@ def split_files(items: List[Any], val_fraction: float, test_fraction: float, see
     return splits
 
 
-def check_splits(module: SplitDataModule, data_range: Union[float, str, None], source: Any) -> Union[float, None]:
-    """Read every sample's ground truth of ``module``'s non-empty splits once (``dataset(split)
-    .ground_truth(i)``; a progress bar from 200 samples on), so that a bad file ends the run before
-    it begins; returns ``data_range`` with ``"dataset"`` resolved to the training ``max − min``."""
-    from tqdm import tqdm
+class FileSplitsDataModule(SplitDataModule):
+    """Splits of listed samples (``self.splits``) read from a user's files: one dataset per split,
+    every sample checked at start (``check_files``), the resolved settings recorded. Subclasses
+    set ``splits``, ``geometry``, ``data_range`` and ``make_dataset``; their datasets provide
+    ``check_sample(index)``: read the sample's files (``DataFileError`` on a bad one), return its
+    ground truth."""
 
-    low, high = math.inf, -math.inf
-    for split in (s for s in SPLIT_SEEDS if module.splits[s]):
-        dataset = module.dataset(split)
-        for index in tqdm(range(len(dataset)), desc=f"checking {split} files", leave=False, disable=len(dataset) < 200):
-            truth = dataset.ground_truth(index)
-            if split == "train":
-                low, high = min(low, float(truth.min())), max(high, float(truth.max()))
-    if data_range != "dataset":
-        return data_range
-    if high <= low:
-        raise DataFileError(f"{source}: the training ground truths are constant ({low:g}); data_range 'dataset' "
-                            "needs contrast: give a number")
-    return high - low
+    samples_name = "files"
+
+    def make_dataset(self, split: str) -> Dataset:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dataset(self, split: str) -> Dataset:
+        if split not in SPLIT_SEEDS:
+            raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+        if split not in self.datasets:
+            if not self.splits[split]:
+                raise DataFileError(f"{self.hparams.path}: no {split} {self.samples_name} (set {split}_fraction or "
+                                    f"{split}_path)")
+            self.datasets[split] = self.make_dataset(split)
+        return self.datasets[split]
+
+    def check_files(self) -> None:
+        """Read every sample of the non-empty splits once (a progress bar from 200 samples on), so
+        that a bad file ends the run before it begins; resolve ``data_range="dataset"`` to the
+        training ground truths' ``max − min``."""
+        from tqdm import tqdm
+
+        low, high = math.inf, -math.inf
+        for split in (s for s in SPLIT_SEEDS if self.splits[s]):
+            dataset = self.dataset(split)
+            for index in tqdm(range(len(dataset)), desc=f"checking {split} {self.samples_name}", leave=False,
+                              disable=len(dataset) < 200):
+                truth = dataset.check_sample(index)
+                if split == "train":
+                    low, high = min(low, float(truth.min())), max(high, float(truth.max()))
+        if self.data_range == "dataset":
+            if high <= low:
+                raise DataFileError(f"{self.hparams.path}: the training ground truths are constant ({low:g}); "
+                                    "data_range 'dataset' needs contrast: give a number")
+            self.data_range = high - low
+
+    def record_resolved(self) -> None:
+        """Keep the resolved data range and geometry as hyperparameters (Lightning logs the model's
+        and the data module's together and requires equal values) and report the split sizes."""
+        self.save_hyperparameters(dict(self.hparams, data_range=self.data_range, geometry=self.geometry.to_dict()))
+        rank_zero_info(f"{type(self).__name__}: " + ", ".join(f"{s} {len(self.splits[s])}" for s in SPLIT_SEEDS)
+                       + f" {self.samples_name}; ground truths {self.geometry.image_shape[0]}×"
+                       f"{self.geometry.image_shape[1]}, sinograms {self.geometry.sinogram_shape[0]}×"
+                       f"{self.geometry.sinogram_shape[1]}")
 
 
 def _intensity(choice: Union[str, Sequence[float]]) -> Union[str, Tuple[float, float]]:
@@ -155,6 +186,8 @@ class ImageFileDataset(Dataset):
             image = hu_window(image, *self.intensity)
         return resize_image(image, self.geometry.image_shape, self.resize, name=path)
 
+    check_sample = ground_truth  # the measurement is simulated from it
+
     def noise_generator(self, index: int) -> torch.Generator:
         state = np.random.SeedSequence([self.noise_seed, index]).generate_state(2, dtype=np.uint32)
         return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
@@ -175,7 +208,7 @@ class ImageFileDataset(Dataset):
         return {"ground_truth": truth, "measurement": sinogram[0], "index": index}
 
 
-class ImageDataModule(SplitDataModule):
+class ImageDataModule(FileSplitsDataModule):
     """Training on your own images (``configs/data/images.yaml``): ground truths from files,
     measurements simulated.
 
@@ -238,7 +271,7 @@ class ImageDataModule(SplitDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
-        self._data_range = parse_data_range(data_range)
+        self.data_range = parse_data_range(data_range)
         files = self._find(path)
         self.splits = split_files(files, val_fraction, test_fraction, split_seed,
                                   self._find(val_path) if val_path is not None else None,
@@ -248,15 +281,11 @@ class ImageDataModule(SplitDataModule):
                                     relative_std=relative_std, photons=photons, mu_max=mu_max,
                                     simulation_size=simulation_size, backend=backend, cache=cache_samples)
         self.datasets: Dict[str, ImageFileDataset] = {}
-        if self._data_range == "dataset" and not check_files:
+        if self.data_range == "dataset" and not check_files:
             raise ValueError("data_range 'dataset' reads every training image: set check_files true or give a number")
         if check_files:
-            self._check_files()
-        # resolved settings, as the model records them (Lightning logs both and requires equal values)
-        self.save_hyperparameters(dict(self.hparams, data_range=self._data_range, geometry=self.geometry.to_dict()))
-        rank_zero_info("images: " + ", ".join(f"{s} {len(self.splits[s])}" for s in SPLIT_SEEDS)
-                       + f" files, ground truths {self.geometry.image_shape[0]}×{self.geometry.image_shape[1]}, "
-                       f"sinograms {self.geometry.sinogram_shape[0]}×{self.geometry.sinogram_shape[1]}")
+            self.check_files()
+        self.record_resolved()
 
     @staticmethod
     def _find(source: Union[str, List[str]]) -> List[Path]:
@@ -282,20 +311,5 @@ class ImageDataModule(SplitDataModule):
             raise ValueError("ImageDataModule needs a 2D geometry (ParallelBeam2D or FanBeam2D)")
         return built
 
-    def _check_files(self) -> None:
-        """Read every file once (one-line errors before any work); the training range for ``"dataset"``."""
-        self._data_range = check_splits(self, self._data_range, self.hparams.path)
-
-    @property
-    def fixed_data_range(self) -> Optional[float]:
-        return self._data_range
-
-    def dataset(self, split: str) -> ImageFileDataset:
-        if split not in SPLIT_SEEDS:
-            raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
-        if split not in self.datasets:
-            if not self.splits[split]:
-                raise DataFileError(f"{self.hparams.path}: no {split} images (set {split}_fraction or {split}_path)")
-            self.datasets[split] = ImageFileDataset(self.splits[split], self.geometry, NOISE_SEEDS[split],
-                                                    **self._dataset_kwargs)
-        return self.datasets[split]
+    def make_dataset(self, split: str) -> ImageFileDataset:
+        return ImageFileDataset(self.splits[split], self.geometry, NOISE_SEEDS[split], **self._dataset_kwargs)

@@ -269,7 +269,7 @@ class LoDoPaBDataModule(SplitDataModule):
         self.save_hyperparameters()
         self.geometry = lodopab_geometry(angle_step, image_size, num_angles, num_detector_pixels)
         self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
-        self._data_range = parse_data_range(data_range, allow_dataset=False)
+        self.data_range = parse_data_range(data_range, allow_dataset=False)
         self._lengths = {"train": train_length, "val": val_length, "test": test_length}
         self._options = dict(angle_step=angle_step, min_photon_count=min_photon_count,
                              sorted_by_patient=sorted_by_patient, image_size=image_size, num_angles=num_angles,
@@ -291,12 +291,8 @@ class LoDoPaBDataModule(SplitDataModule):
             f"{PART_OF_SPLIT[s]} {len(self.datasets[s])} of {LODOPAB_LENGTHS[PART_OF_SPLIT[s]]}"
             for s in PART_OF_SPLIT)
         # resolved settings, as the model records them (Lightning logs both and requires equal values)
-        self.save_hyperparameters(dict(self.hparams, data_range=self._data_range))
+        self.save_hyperparameters(dict(self.hparams, data_range=self.data_range))
         rank_zero_info(f"LoDoPaB-CT in {path}: {found} samples")
-
-    @property
-    def fixed_data_range(self) -> Optional[float]:
-        return self._data_range
 
     def dataset(self, split: str) -> LoDoPaBDataset:
         if split in self._missing:

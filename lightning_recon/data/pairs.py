@@ -22,14 +22,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import Geometry2D, ParallelBeam2D, geometry_from_dict
-from .datamodule import SPLIT_SEEDS, SplitDataModule, check_loader_settings, parse_data_range
+from .datamodule import check_loader_settings, parse_data_range
 from .files import DataFileError, find_files, read_image
-from .images import check_splits, split_files
+from .images import FileSplitsDataModule, split_files
 from .real import load_data_exchange
 
 __all__ = ["MeasuredPairsDataModule", "MeasuredPairsDataset", "pair_items"]
@@ -171,6 +170,11 @@ class MeasuredPairsDataset(Dataset):
             reference, where = read_image(path, self.keys[1]), str(path)
         return self._checked(reference, self.geometry.image_shape, "reference", where)
 
+    def check_sample(self, index: int) -> np.ndarray:
+        """Read pair ``index`` (``DataFileError`` on a bad file); its reference."""
+        self._measurement(index)
+        return self.ground_truth(index)
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a split of {len(self)} pairs")
@@ -188,7 +192,7 @@ def _is_data_exchange(path: Path) -> bool:
         raise DataFileError(f"{path}: unreadable HDF5 file; it may be truncated") from None
 
 
-class MeasuredPairsDataModule(SplitDataModule):
+class MeasuredPairsDataModule(FileSplitsDataModule):
     """Training and testing on measured sinograms with reference reconstructions.
 
     Args:
@@ -235,8 +239,8 @@ class MeasuredPairsDataModule(SplitDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
-        self._data_range = parse_data_range(data_range)
-        if self._data_range == "dataset" and not check_files:
+        self.data_range = parse_data_range(data_range)
+        if self.data_range == "dataset" and not check_files:
             raise ValueError("data_range 'dataset' reads every training reference: set check_files true or give a number")
         if geometry is None:
             if image_size is None or num_angles is None:
@@ -259,24 +263,10 @@ class MeasuredPairsDataModule(SplitDataModule):
                                     min_transmission=min_transmission)
         self.datasets: Dict[str, MeasuredPairsDataset] = {}
         if check_files:
-            self._data_range = check_splits(self, self._data_range, path)
-            for split in (s for s in SPLIT_SEEDS if self.splits[s]):  # the sinograms too
-                for index in range(len(self.dataset(split))):
-                    self.dataset(split)._measurement(index)
-        # resolved settings, as the model records them (Lightning logs both and requires equal values)
-        self.save_hyperparameters(dict(self.hparams, data_range=self._data_range, geometry=self.geometry.to_dict()))
-        rank_zero_info("pairs: " + ", ".join(f"{s} {len(self.splits[s])}" for s in SPLIT_SEEDS)
-                       + f", sinograms {self.geometry.sinogram_shape[0]}×{self.geometry.sinogram_shape[1]}")
+            self.check_files()
+        self.record_resolved()
 
-    @property
-    def fixed_data_range(self) -> Optional[float]:
-        return self._data_range
+    samples_name = "pairs"
 
-    def dataset(self, split: str) -> MeasuredPairsDataset:
-        if split not in SPLIT_SEEDS:
-            raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
-        if split not in self.datasets:
-            if not self.splits[split]:
-                raise DataFileError(f"{self.hparams.path}: no {split} pairs (set {split}_fraction or {split}_path)")
-            self.datasets[split] = MeasuredPairsDataset(self.splits[split], self.geometry, **self._dataset_kwargs)
-        return self.datasets[split]
+    def make_dataset(self, split: str) -> MeasuredPairsDataset:
+        return MeasuredPairsDataset(self.splits[split], self.geometry, **self._dataset_kwargs)

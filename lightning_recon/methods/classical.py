@@ -6,6 +6,7 @@ validation samples of the data module, and record the choice in their hyperparam
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Sequence
 
 import torch
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ..metrics import psnr
 from ..physics.fbp import FBP
+from ..physics.geometry import Geometry2D
 from .base import ReconstructionModule, validation_samples
 from .variational import tv_pdhg, tune_alpha
 
@@ -59,19 +61,29 @@ class FBPBaseline(_TunedBaseline):
 
 class TVBaseline(_TunedBaseline):
     """``argmin_x ½‖Ax − y‖² + α TV(x)``, x ≥ 0, by PDHG; ``tune=True`` picks α from ``alphas``
-    by validation PSNR."""
+    by validation PSNR.
+
+    α is stated in pixel units, whatever the geometry's length unit: with pixels of side ``p``
+    (metres for LoDoPaB) ``A`` and ``y`` are ``p`` times their pixel-unit values, so the solver
+    uses ``α p²`` and the same α gives the same reconstruction in any unit."""
 
     def __init__(self, alpha: float = 1.0, iterations: int = 500, nonnegative: bool = True, tune: bool = True,
                  alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0), tune_samples: int = 20,
                  method_name: str = "TV", **kwargs):
         super().__init__(method_name=method_name, **kwargs)
 
+    @property
+    def unit_scale(self) -> float:
+        """``p²``, the pixel area in the geometry's length unit (1 for other operators)."""
+        return float(math.prod(self.geometry.pixel_size)) if isinstance(self.geometry, Geometry2D) else 1.0
+
     def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> None:
-        alpha, _ = tune_alpha(measurement, truth, self.operator, alphas=self.hparams.alphas,
-                              iterations=self.hparams.iterations)
-        self.hparams.update(alpha=float(alpha))
-        rank_zero_info(f"TV tuned on {len(truth)} validation samples: alpha {alpha:g}")
+        scaled = [a * self.unit_scale for a in self.hparams.alphas]
+        best, _ = tune_alpha(measurement, truth, self.operator, alphas=scaled, iterations=self.hparams.iterations)
+        chosen = min(range(len(scaled)), key=lambda i: abs(scaled[i] - best))
+        self.hparams.update(alpha=float(self.hparams.alphas[chosen]))
+        rank_zero_info(f"TV tuned on {len(truth)} validation samples: alpha {self.hparams.alpha:g} (pixel units)")
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return tv_pdhg(batch["measurement"], self.operator, self.hparams.alpha, iterations=self.hparams.iterations,
-                       nonnegative=self.hparams.nonnegative)
+        return tv_pdhg(batch["measurement"], self.operator, self.hparams.alpha * self.unit_scale,
+                       iterations=self.hparams.iterations, nonnegative=self.hparams.nonnegative)
