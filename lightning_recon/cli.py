@@ -36,6 +36,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpointing import AtomicCheckpointIO
 from .data.files import DataFileError
+from .messages import exit_with_error
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels
 
 __all__ = ["ReconCLI", "cli_main", "default_wandb_mode", "expand_compose"]
@@ -116,12 +117,6 @@ def _class_default(class_path: str, key: str):
     return None
 
 
-def _exit(program: str, message: str, code: int = 2):
-    """End ``program`` with one line on stderr, no traceback; status 2 (bad input) reads ``error:``."""
-    sys.stderr.write(f"{program}: {'error: ' if code == 2 else ''}{message}\n")
-    raise SystemExit(code)
-
-
 def _same_setting(a, b) -> bool:
     """Equal up to list/tuple and int/float spelling (YAML lists, checkpoint tuples)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -165,13 +160,13 @@ class ReconCLI(LightningCLI):
             hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
                            .get("hyper_parameters", {}))
         except Exception as error:
-            _exit("train.py", f"checkpoint {ckpt_path} is unreadable ({type(error).__name__}); it may be truncated: "
+            exit_with_error("train.py", f"checkpoint {ckpt_path} is unreadable ({type(error).__name__}); it may be truncated: "
                        "resume from another checkpoint of the run")
         asked = self.config[subcommand].get("model")
         asked_args = dict(vars(asked.get("init_args") or {})) if asked is not None else {}
         saved_class = hparams.get("_class_path")
         if asked is not None and saved_class and asked.get("class_path") != saved_class:
-            _exit("train.py", f"--ckpt_path holds a {saved_class.rsplit('.', 1)[-1]}, the config asks for "
+            exit_with_error("train.py", f"--ckpt_path holds a {saved_class.rsplit('.', 1)[-1]}, the config asks for "
                        f"{str(asked.get('class_path')).rsplit('.', 1)[-1]}; to start a new model from other "
                        "weights use its pretrained-weights argument, not --ckpt_path")
         honoured = set(HONOURED_SETTINGS) | (set() if subcommand == "fit" else set(TRAINING_ONLY_SETTINGS))
@@ -180,7 +175,7 @@ class ReconCLI(LightningCLI):
                      if key in hparams and key not in honoured and key not in LINKED_SETTINGS
                      and not _same_setting(asked_args[key], hparams[key])]
         if differing:
-            _exit("train.py", "the model config differs from --ckpt_path's (" + "; ".join(differing) + "); drop the "
+            exit_with_error("train.py", "the model config differs from --ckpt_path's (" + "; ".join(differing) + "); drop the "
                        "setting to use the checkpoint's, or train a new model")
         super()._parse_ckpt_path()
         if subcommand == "fit":
@@ -206,7 +201,7 @@ class ReconCLI(LightningCLI):
             root = error
             while root.__cause__ is not None:
                 root = root.__cause__
-            _exit("train.py", str(root).splitlines()[0] if str(root) else type(root).__name__)
+            exit_with_error("train.py", str(root).splitlines()[0] if str(root) else type(root).__name__)
 
     def _continue_logger_version(self, ckpt_path: Path) -> None:
         """Resuming ``<save_dir>/<name>/version_N/checkpoints/*.ckpt`` with a CSV or TensorBoard logger
@@ -273,7 +268,7 @@ def _without_compose(path: Path, content: dict) -> Optional[str]:
     text = "".join(lines)
     rest = {key: value for key, value in content.items() if key != "compose"}
     if (yaml.safe_load(text) or {}) != rest:  # any spelling the line edit does not handle
-        _exit("train.py", f"{path}: write compose: as a top-level YAML list (compose: [a.yaml, b.yaml] or "
+        exit_with_error("train.py", f"{path}: write compose: as a top-level YAML list (compose: [a.yaml, b.yaml] or "
                           "one '- path' per line)")
     return text if rest else None
 
@@ -292,7 +287,7 @@ def expand_compose(args: List[str], folder: Path) -> List[str]:
         key = path.resolve()
         if key in chain:
             cycle = " -> ".join(str(p) for p in [*chain[chain.index(key):], key])
-            _exit("train.py", f"compose cycle: {cycle}")
+            exit_with_error("train.py", f"compose cycle: {cycle}")
         if key in seen:
             return []
         seen.add(key)
@@ -302,13 +297,13 @@ def expand_compose(args: List[str], folder: Path) -> List[str]:
         composed = content["compose"]
         composed = [composed] if isinstance(composed, str) else composed
         if not isinstance(composed, list) or not all(isinstance(entry, str) for entry in composed):
-            _exit("train.py", f"{path}: compose: must be a list of config file paths, got {content['compose']!r}")
+            exit_with_error("train.py", f"{path}: compose: must be a list of config file paths, got {content['compose']!r}")
         out = []
         for entry in composed:
             target = path.parent / Path(entry).expanduser()
             if not target.is_file():
                 where = "" if str(target) == entry else f" ({target})"
-                _exit("train.py", f"{path}: composed config {entry} not found{where}")
+                exit_with_error("train.py", f"{path}: composed config {entry} not found{where}")
             out += expand(target, [*chain, key], seen)
         text = _without_compose(path, content)
         if text is not None:  # the file's own settings, after those it composes
@@ -400,4 +395,4 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
         except DataFileError as error:  # a user's file found bad during the run (also in a loader worker)
             if os.environ.get("LIGHTNING_RECON_DEBUG"):
                 raise
-            _exit("train.py", str(error).rpartition("DataFileError: ")[2])
+            exit_with_error("train.py", str(error).rpartition("DataFileError: ")[2])

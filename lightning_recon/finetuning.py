@@ -21,7 +21,8 @@ from typing import List, Optional
 
 from lightning.pytorch.callbacks import Callback
 
-from .cli import _exit, default_wandb_mode
+from .cli import default_wandb_mode
+from .messages import exit_with_error
 
 __all__ = ["finetune_main", "parse_slices", "slice_indices"]
 
@@ -108,7 +109,7 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
 
     problems = _finetune_argument_problems(opts)
     if problems:
-        _exit("finetune.py", "; ".join(problems))
+        exit_with_error("finetune.py", "; ".join(problems))
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     if opts.slices is not None:
@@ -131,9 +132,9 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     except (ValueError, OSError) as error:
         if opts.debug:
             raise
-        _exit("finetune.py", str(error))
+        exit_with_error("finetune.py", str(error))
     if reference is not None and tuple(reference.shape) != tuple(scan.geometry.image_shape):
-        _exit("finetune.py", f"--reference has shape {tuple(reference.shape)}, "
+        exit_with_error("finetune.py", f"--reference has shape {tuple(reference.shape)}, "
                              f"the reconstruction {tuple(scan.geometry.image_shape)}")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
                         enable_checkpointing=False, log_every_n_steps=10, default_root_dir=str(out))
     interrupted = _fit_saving_on_interrupt(trainer, model, RepeatedMeasurement(y[0], opts.iterations).loader())
     if model.reconstruction is None:
-        _exit("finetune.py", "interrupted before the first iteration; nothing to save", 130)
+        exit_with_error("finetune.py", "interrupted before the first iteration; nothing to save", 130)
 
     result = model.reconstruction[0, 0].cpu()
     fbp = model.fbp(y)[0, 0]
@@ -164,7 +165,7 @@ def finetune_main(args: Optional[List[str]] = None) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     if interrupted:
-        _exit("finetune.py", f"interrupted after {len(model.losses)} iterations; the best iterate so far is saved "
+        exit_with_error("finetune.py", f"interrupted after {len(model.losses)} iterations; the best iterate so far is saved "
               f"in {out}", 130)
     return summary
 
@@ -563,10 +564,10 @@ def _finetune_slices(opts) -> dict:
     except (ValueError, OSError) as error:
         if opts.debug:
             raise
-        _exit("finetune.py", str(error))
+        exit_with_error("finetune.py", str(error))
     image_shape = tuple(first[0].geometry.image_shape)
     if reference_volume is not None and tuple(reference_volume.shape) != (rows, *image_shape):
-        _exit("finetune.py", f"--reference has shape {tuple(reference_volume.shape)}; with --slices it must be the "
+        exit_with_error("finetune.py", f"--reference has shape {tuple(reference_volume.shape)}; with --slices it must be the "
                              f"volume {(rows, *image_shape)} (detector rows, then the reconstruction's shape)")
     if reference_volume is not None:
         first = (first[0], torch.from_numpy(np.array(reference_volume[(pending or indices)[0]], dtype=np.float32)))
@@ -644,7 +645,7 @@ def _finetune_slices(opts) -> dict:
 
     done = [k for k in indices if str(k) in state["finished"]]
     if not done:
-        _exit("finetune.py", error or "interrupted before the first slice finished; nothing to save",
+        exit_with_error("finetune.py", error or "interrupted before the first slice finished; nothing to save",
               2 if error else 130)
     records = [dict(state["finished"][str(k)], from_previous_run=k not in computed) for k in done]
     _save_stack(out, slices_dir, done, image_shape)
@@ -662,9 +663,9 @@ def _finetune_slices(opts) -> dict:
           + (f", mean PSNR {summary['mean_dip_psnr']:.2f} dB (FBP {summary['mean_fbp_psnr']:.2f} dB)"
              if "mean_dip_psnr" in summary else ""))
     if error:
-        _exit("finetune.py", f"{error}; the {len(done)} finished slices are saved in {out}")
+        exit_with_error("finetune.py", f"{error}; the {len(done)} finished slices are saved in {out}")
     if interrupted:
-        _exit("finetune.py", f"interrupted after {len(done)} of {n} slices; they are saved in {out}, and the same "
+        exit_with_error("finetune.py", f"interrupted after {len(done)} of {n} slices; they are saved in {out}, and the same "
                              "command continues from there", 130)
     return summary
 
