@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_recon.physics import FanBeam2D, ParallelBeam2D, RayTransform, astra_cuda_available, geometry_from_dict
+from lightning_recon.physics import (FanBeam2D, ParallelBeam2D, RayTransform, SparseCodingProblem, astra_cuda_available,
+                                     geometry_from_dict)
 
 GEOMETRIES = {
     "parallel": ParallelBeam2D((32, 32), num_angles=20),
@@ -128,8 +129,10 @@ def test_bad_input_raises_clear_value_errors(make, message):
         (lambda: ParallelBeam2D(angles=(0.3, 0.1)), "increasing"),
         (lambda: ParallelBeam2D(detector_extent=-1.0), "detector_extent"),
         (lambda: FanBeam2D((64, 64), source_radius=10.0), "inside the object"),
-        (lambda: geometry_from_dict({"type": "Helix"}), "unknown geometry type"),
-        (lambda: geometry_from_dict({"image_shap": [4, 4]}), "unknown ParallelBeam2D fields"),
+        (lambda: geometry_from_dict({"type": "Helix"}), "unknown type .Helix."),
+        (lambda: geometry_from_dict({"type": "ParallelBeam2D", "image_shap": [4, 4]}), "unknown ParallelBeam2D fields"),
+        (lambda: geometry_from_dict({"image_shape": [4, 4]}), "needs its type"),
+        (lambda: geometry_from_dict(SparseCodingProblem(m=4, n=8).to_dict()), "expected a CT geometry"),
         (lambda: RayTransform(ParallelBeam2D(), backend="gpu"), "backend must be one of"),
     ],
 )

@@ -75,7 +75,7 @@ def test_bad_light_field_input_gives_clear_errors(tmp_path):
     op = LightFieldModel(LightFieldGeometry(**TINY_LF))
     with pytest.raises(ValueError, match="volume of shape"):
         op(torch.zeros(1, 2, 18, 18))
-    with pytest.raises(ValueError, match="unknown operator type"):
+    with pytest.raises(ValueError, match="unknown type .LightField."):
         operator_from_dict({"type": "LightField", "num_lenslets": 3})
 
 

@@ -50,6 +50,16 @@ class _PlainNumbers:
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The geometry of ``to_dict()`` output (the ``type`` entry is not a field); unknown fields are an error."""
+        values = {key: value for key, value in dict(values).items() if key != "type"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**values)
+
     def odl_space(self):
         """The ODL reconstruction space of ``domain_shape`` over ``extent``, centred (float32, numpy)."""
         odl = _odl()
@@ -349,24 +359,20 @@ class ConeBeam3D(_PlainNumbers):
 
 
 Geometry = Union[ParallelBeam2D, FanBeam2D, ConeBeam3D]
-_TYPES = {cls.__name__: cls for cls in (ParallelBeam2D, FanBeam2D, ConeBeam3D)}
+GEOMETRY_TYPES = (ParallelBeam2D, FanBeam2D, ConeBeam3D)
 
 
 def geometry_from_dict(spec: Union[dict, "Geometry"]) -> "Geometry":
-    """Build a geometry from ``to_dict()`` output (``type`` defaults to ``ParallelBeam2D``)."""
-    if isinstance(spec, tuple(_TYPES.values())):
+    """A CT geometry from its ``to_dict()`` (or the geometry itself), through the one registry of
+    forward-model descriptions (``physics.operator.spec_from_dict``: ``type`` required)."""
+    if isinstance(spec, GEOMETRY_TYPES):
         return spec
     if not isinstance(spec, dict):
         raise ValueError(f"a geometry must be a dict of numbers or a geometry object, got {type(spec).__name__}")
-    spec = dict(spec)
-    name = spec.pop("type", "ParallelBeam2D")
-    if name not in _TYPES:
-        raise ValueError(f"unknown geometry type {name!r}; expected one of {sorted(_TYPES)}")
-    cls = _TYPES[name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(spec) - known
-    if unknown:
-        raise ValueError(f"unknown {name} fields {sorted(unknown)}; expected a subset of {sorted(known)}")
-    return cls(**spec)
+    from .operator import spec_from_dict  # the registry holds every description type, not only geometries
 
-
+    geometry = spec_from_dict(spec)
+    if not isinstance(geometry, GEOMETRY_TYPES):
+        raise ValueError(f"expected a CT geometry ({', '.join(t.__name__ for t in GEOMETRY_TYPES)}), got a "
+                         f"{type(geometry).__name__}")
+    return geometry

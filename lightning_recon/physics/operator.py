@@ -236,14 +236,18 @@ def registered_operators() -> Tuple[str, ...]:
 
 
 def _entry(spec: Union[dict, Any]):
-    name = spec.get("type", "ParallelBeam2D") if isinstance(spec, dict) else type(spec).__name__
+    if isinstance(spec, dict) and "type" not in spec:
+        raise ValueError(f"a forward-model description needs its type (type: one of {', '.join(sorted(_REGISTRY))}); "
+                         f"got the fields {sorted(spec)}")
+    name = spec["type"] if isinstance(spec, dict) else type(spec).__name__
     if name not in _REGISTRY:
-        raise ValueError(f"unknown operator type {name!r}; expected one of {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown type {name!r} of a forward-model description (known: "
+                         f"{', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
 
 
 def spec_from_dict(spec: Union[dict, Any]) -> Any:
-    """The plain-number object of a description dict (``type`` defaults to ``ParallelBeam2D``)."""
+    """The plain-number object of a description dict (``type`` required), or the object itself."""
     if not isinstance(spec, dict):
         _entry(spec)
         return spec

@@ -473,4 +473,4 @@ def _build_ray_transform(geometry: Geometry, backend: str = "auto", check_finite
 
 
 for _geometry_type in (ParallelBeam2D, FanBeam2D, ConeBeam3D):
-    register_operator(_geometry_type.__name__, geometry_from_dict, _build_ray_transform)
+    register_operator(_geometry_type.__name__, _geometry_type.from_dict, _build_ray_transform)
