@@ -317,7 +317,7 @@ def test_help_tells_size_resuming_and_layout(capsys):
         download.main(["--help"])
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "60 GB" in text and "ground_truth_train.zip" in text
+    assert "150 GB free" in text and "observation_train.zip" in text
     assert "resumes" in text and "configs/data/lodopab.yaml" in text
 
 
