@@ -5,8 +5,9 @@ temporary file lives on another filesystem (tmpfs ``/tmp``, cluster scratch, NFS
 a copy over the existing ``last.ckpt``, and a kill during it leaves a truncated file with the good
 one already gone. ``AtomicCheckpointIO`` writes the new checkpoint beside its target, flushes it to
 disk and renames it into place: until the rename the previous checkpoint is intact, after it the
-new one is complete. A temporary file left by a killed run is removed at the next save. Loading a
-truncated or corrupt checkpoint names the file and the way out.
+new one is complete. Temporary files carry the writer's PID (``<name>.<pid>.partial``): a save
+removes its own and those of processes no longer running on this host, never a file another live
+run is still writing. Loading a truncated or corrupt checkpoint names the file and the way out.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .locks import process_alive
+
 __all__ = ["AtomicCheckpointIO", "CheckpointUnreadable"]
 
 PARTIAL_SUFFIX = ".partial"
@@ -27,8 +30,17 @@ class CheckpointUnreadable(RuntimeError):
     """A checkpoint file that exists but cannot be read (truncated, corrupt, not a checkpoint)."""
 
 
+def remove_stale_partials(folder: Path) -> None:
+    """Remove ``*.<pid>.partial`` files whose writer no longer runs (a run killed mid-write); files of
+    running processes and of unknown form stay."""
+    for partial in folder.glob(f"*{PARTIAL_SUFFIX}"):
+        pid = partial.name[: -len(PARTIAL_SUFFIX)].rpartition(".")[2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``<name>.partial`` in the target folder, ``fsync``, ``os.replace`` (local paths)."""
+    """``torch.save`` to ``<name>.<pid>.partial`` in the target folder, ``fsync``, ``os.replace`` (local paths)."""
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
@@ -37,9 +49,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote filesystems: Lightning's own writer
             return super().save_checkpoint(checkpoint, path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f"*{PARTIAL_SUFFIX}"):  # left by a run killed mid-write
-            stale.unlink(missing_ok=True)
-        partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        remove_stale_partials(target.parent)
+        partial = target.with_name(f"{target.name}.{os.getpid()}{PARTIAL_SUFFIX}")
         try:
             with open(partial, "wb") as handle:
                 torch.save(checkpoint, handle)

@@ -26,9 +26,18 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_leaves_no_partial_file
     assert io.load_checkpoint(target)["step"] == 1  # the previous checkpoint is intact
     assert not list(target.parent.glob("*.partial"))
 
-    (target.parent / "last.ckpt.partial").write_bytes(b"left by a SIGKILL")  # a kill cannot clean up
+    import os
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = target.parent / f"last.ckpt.{int(finished.stdout)}.partial"  # its writer no longer runs
+    killed.write_bytes(b"left by a SIGKILL")  # a kill cannot clean up
+    running = target.parent / f"epoch1.ckpt.{os.getppid()}.partial"  # another run still writing
+    running.write_bytes(b"being written")
     io.save_checkpoint({"step": 3}, target)
-    assert io.load_checkpoint(target)["step"] == 3 and not list(target.parent.glob("*.partial"))
+    assert io.load_checkpoint(target)["step"] == 3
+    assert list(target.parent.glob("*.partial")) == [running]
 
 
 def test_a_truncated_checkpoint_names_its_path_and_the_way_out(tmp_path):

@@ -320,8 +320,9 @@ def _load_or_build_matrix(geometry: Geometry):
     if path.exists():
         try:
             return sp.load_npz(path).tocsr()
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt
+        except Exception as error:  # truncated or foreign file: zipfile.BadZipFile, EOFError, KeyError, ...
+            warnings.warn(f"system-matrix cache {path} is damaged ({type(error).__name__}); rebuilding it", stacklevel=2)
+            path.unlink(missing_ok=True)
     csr = _build_matrix(geometry)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
