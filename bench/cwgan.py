@@ -30,6 +30,8 @@ from lightning_recon.methods import ConditionalWGAN, FBPUNet
 from lightning_recon.metrics import (interval_coverage, mean_pairwise_distance, psnr, spearman_std_error, ssim)
 from lightning_recon.physics.geometry import ParallelBeam2D
 
+from common import add_device_argument, add_threads_argument, machine_info, set_threads, synchronize
+
 
 def in_memory_loader(data: SimulatedCTDataModule, batch_size: int) -> DataLoader:
     """The training split simulated once and kept in memory, so training time is network time only."""
@@ -95,12 +97,10 @@ def sampling_time(device: str, num_samples: int, chunk: int, repeats: int) -> di
     model.sample(batch, chunk)  # warm-up
     times = []
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         model.sample(batch, num_samples)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return {"samples": num_samples, "chunk": chunk, "seconds": min(times), "all_seconds": times,
             "generator_parameters": sum(p.numel() for p in model.generator.parameters())}
@@ -120,13 +120,13 @@ def main(argv=None):
     parser.add_argument("--timing-samples", type=int, default=1000)
     parser.add_argument("--timing-chunk", type=int, default=50)
     parser.add_argument("--timing-repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_argument(parser)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="bench/results/cwgan_cpu_ellipses_small.json")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     data = SimulatedCTDataModule(preset=args.preset, batch_size=args.batch_size, num_workers=args.num_workers,
                                  fbp_frequency_scaling=1.0)
@@ -149,7 +149,8 @@ def main(argv=None):
     cwgan_run["generator_updates"] = cwgan_run["global_steps"] // (n + 1)
     cwgan_run["critic_updates"] = cwgan_run["global_steps"] - cwgan_run["generator_updates"]
     report = {"args": vars(args), "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "training_set_simulation_seconds": simulation_seconds,
+              "threads": torch.get_num_threads(), "machine_info": machine_info(),
+              "training_set_simulation_seconds": simulation_seconds,
               "training": {"cwgan": cwgan_run, "fbp_unet": unet_run},
               "test": metrics, "sampling_128": timing}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

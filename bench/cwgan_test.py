@@ -21,6 +21,8 @@ from lightning_recon.data import SimulatedCTDataModule
 from lightning_recon.methods import ConditionalWGAN
 from lightning_recon.metrics import interval_coverage, psnr, spearman_std_error, ssim
 
+from common import add_device_argument, first_samples, machine_info
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--preset", default="ellipses-30")
     parser.add_argument("--test-samples", type=int, default=100)
     parser.add_argument("--samples", type=int, default=100, help="posterior samples per measurement")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--json", type=Path, default=Path("bench/results/cwgan_test.json"))
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
@@ -36,9 +38,8 @@ def main(argv=None):
 
     model = ConditionalWGAN.load_from_checkpoint(args.checkpoint, map_location=args.device, weights_only=True).eval()
     data = SimulatedCTDataModule(args.preset, test_length=args.test_samples)
-    dataset = data.dataset("test")
-    samples_list = [dataset[i] for i in range(args.test_samples)]
-    batch = {k: torch.stack([s[k] for s in samples_list]).to(args.device) for k in ("fbp", "ground_truth")}
+    test = first_samples(data, "test", args.test_samples, ("fbp", "ground_truth"))
+    batch = {k: v.to(args.device) for k, v in test.items()}
     means, stds, coverages = [], [], []
     with torch.no_grad():
         for start in range(0, args.test_samples, 10):
@@ -54,7 +55,8 @@ def main(argv=None):
            "psnr": statistics.mean(psnrs), "psnr_std": statistics.stdev(psnrs),
            "ssim": statistics.mean(ssims), "ssim_std": statistics.stdev(ssims),
            "coverage_90": sum(coverages) / args.test_samples,
-           "spearman_std_abs_error": spearman_std_error(std.cpu(), (mean - truth).abs().cpu())}
+           "spearman_std_abs_error": spearman_std_error(std.cpu(), (mean - truth).abs().cpu()),
+           "machine_info": machine_info()}
     print("| method | PSNR (dB) | SSIM | coverage of 90 % interval | Spearman(std, |error|) |\n|---|---|---|---|---|")
     print(f"| {row['method']} ({args.samples} samples) | {row['psnr']:.2f} ± {row['psnr_std']:.2f} | "
           f"{row['ssim']:.3f} ± {row['ssim_std']:.3f} | {row['coverage_90']:.3f} | {row['spearman_std_abs_error']:.3f} |")

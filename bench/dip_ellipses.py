@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import statistics
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -27,9 +26,11 @@ import lightning as L
 import torch
 
 from lightning_recon.data import SimulatedCTDataModule
-from lightning_recon.methods.base import write_results_table
-from lightning_recon.methods.dip import DeepImagePrior, RepeatedMeasurement
+from lightning_recon.results import write_results_table
+from lightning_recon.methods.dip import DeepImagePrior
 from lightning_recon.metrics import psnr, ssim
+
+from common import fit_dip, machine_info
 
 PUBLISHED = {"method": "DIP+TV (Baguer et al. 2020)", "psnr": 28.94, "ssim": 0.886}
 
@@ -40,23 +41,13 @@ def run_one(data: SimulatedCTDataModule, split: str, index: int, tv_weight: floa
     truth = sample["ground_truth"][0]
     L.seed_everything(0, verbose=False)
     model = DeepImagePrior(data.geometry_dict, channels=(channels,) * 5, skip_channels=(4,) * 5, network_input="fbp",
-                           tv_weight=tv_weight, lr=1e-3, fbp_frequency_scaling=1.0)  # the uncut FBP, as finetune.py
-    model.reference = truth
-    curve = []
-
-    class Recorder(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            curve.append(float(trainer.callback_metrics["train/psnr"]))
-
-    trainer = L.Trainer(max_steps=iterations, accelerator=accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                        callbacks=[Recorder()])
-    start = time.perf_counter()
-    trainer.fit(model, RepeatedMeasurement(sample["measurement"], iterations).loader())
-    seconds = time.perf_counter() - start
+                           tv_weight=tv_weight, lr=1e-3)
+    fit = fit_dip(model, sample["measurement"][None], iterations, accelerator, reference=truth)
+    curve = fit["psnr"]
     image, ref = model.best_image.float().cpu(), truth[None, None]
     peak = max(range(len(curve)), key=curve.__getitem__)
-    return {"split": split, "index": index, "tv_weight": tv_weight, "iterations": iterations, "seconds": seconds,
+    return {"split": split, "index": index, "tv_weight": tv_weight, "iterations": iterations,
+            "seconds": fit["fit_seconds"],
             "psnr": float(psnr(image, ref)), "ssim": float(ssim(image, ref)),
             "peak_psnr": curve[peak], "peak_iteration": peak + 1, "psnr_every_100": curve[99::100]}
 
@@ -135,7 +126,7 @@ def main(argv=None):
             runs.append(run_one(data, args.split, index, gamma, args.iterations, args.accelerator, args.channels))
             print({k: v for k, v in runs[-1].items() if k != "psnr_every_100"}, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"runs": runs}, indent=1))
+    args.json.write_text(json.dumps({"runs": runs, "machine_info": machine_info()}, indent=1))
 
 
 if __name__ == "__main__":

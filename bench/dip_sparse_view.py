@@ -35,36 +35,13 @@ import lightning as L
 import numpy as np
 import torch
 
-from lightning_recon.data.real import load_data_exchange
-from lightning_recon.methods.dip import DeepImagePrior, RepeatedMeasurement
-from lightning_recon.methods.variational import tv_pdhg
+from lightning_recon.methods.dip import DeepImagePrior
+from lightning_recon.solvers import tv_pdhg
 from lightning_recon.metrics import psnr, ssim
-from lightning_recon.physics import FBP, GaussianNoise, ParallelBeam2D, RayTransform
+from lightning_recon.physics import FBP, RayTransform
 
-RESULTS = Path(__file__).resolve().parent / "results"
-TOOTH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tooth.h5"
-
-
-def load_case(case: str):
-    """(sparse sinogram (1, 1, A, D), its geometry, reference image (H, W), description)."""
-    if case == "tooth":
-        if not TOOTH.exists():
-            raise SystemExit(f"{TOOTH} not found: the tooth case needs the shared real scan")
-        sparse = load_data_exchange(TOOTH, 0, binning=4, num_angles=30)
-        full = load_data_exchange(TOOTH, 0, angle_step=1, binning=4)
-        reference = FBP(full.geometry, "Hann", 1.0)(torch.from_numpy(full.data)[None, None])[0, 0]
-        return torch.from_numpy(sparse.data)[None, None], sparse.geometry, reference, \
-            "tooth.h5 slice 0, 30 of 181 angles, binning 4; reference: 181-angle FBP"
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    dicom = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    hu = dicom.pixel_array.astype(np.float32) * float(dicom.RescaleSlope) + float(dicom.RescaleIntercept)
-    truth = torch.from_numpy((np.clip(hu, -1000, None) + 1000) / (hu.max() + 1000)).float()
-    geometry = ParallelBeam2D(tuple(truth.shape), num_angles=30)
-    clean = RayTransform(geometry)(truth[None, None])
-    noisy = GaussianNoise(0.025)(clean, generator=torch.Generator().manual_seed(0))
-    return noisy, geometry, truth, "pydicom CT_small.dcm (128², ground truth), 30 angles, 2.5 % noise"
+from common import (RESULTS, add_threads_argument, first_reaching, fit_dip, load_sparse_view_case, machine_info,
+                    set_threads)
 
 
 def scores(image: torch.Tensor, reference: torch.Tensor) -> dict:
@@ -78,23 +55,9 @@ def run_dip(geometry, y, reference, iterations, channels, tv_weight, lr, pretrai
     L.seed_everything(seed, verbose=False)
     model = DeepImagePrior(geometry.to_dict(), channels=(channels,) * 5, skip_channels=(4,) * 5, network_input="fbp",
                            tv_weight=tv_weight, lr=lr, lr_warmup=lr_warmup, pretrained=pretrained,
-                           seed=seed, fbp_frequency_scaling=1.0)  # the uncut FBP, as finetune.py
-    model.reference = reference
-    record = {"psnr": [], "loss": [], "seconds": []}
-
-    class Recorder(L.Callback):
-        def on_train_start(self, trainer, pl_module):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            record["psnr"].append(float(trainer.callback_metrics["train/psnr"]))
-            record["loss"].append(float(trainer.callback_metrics["train/loss"]))
-            record["seconds"].append(time.perf_counter() - self.start)
-
-    trainer = L.Trainer(max_steps=iterations, accelerator=accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                        callbacks=[Recorder()])
-    trainer.fit(model, RepeatedMeasurement(y[0], iterations).loader())
+                           seed=seed)
+    fit = fit_dip(model, y, iterations, accelerator, reference=reference)
+    record = {key: fit[key] for key in ("psnr", "loss", "seconds")}
     record["best_loss_image"] = scores(model.best_image[0, 0].cpu(), reference)
     record["iterations_per_second"] = iterations / record["seconds"][-1]
     peak = int(np.argmax(record["psnr"]))
@@ -102,11 +65,10 @@ def run_dip(geometry, y, reference, iterations, channels, tv_weight, lr, pretrai
     return record
 
 
-def first_reaching(curve, seconds, level):
-    for k, value in enumerate(curve):
-        if value >= level:
-            return k + 1, seconds[k]
-    return None, None
+def reaching(curve, seconds, level):
+    """(first iteration at which ``curve`` reaches ``level``, seconds to it), (None, None) if never."""
+    k = first_reaching(curve, level)
+    return (k, seconds[k - 1]) if k else (None, None)
 
 
 def main():
@@ -122,13 +84,14 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--alphas", type=float, nargs="+", default=None, help="TV weights to try")
     parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_argument(parser)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    y, geometry, reference, description = load_case(args.case)
+    set_threads(args.threads)
+    y, geometry, reference, description = load_sparse_view_case(args.case)
     results = {"case": description, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-               f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}", "args": vars(args)}
+               f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}", "args": vars(args),
+               "machine_info": machine_info()}
 
     fbps = {s: FBP(geometry, "Hann", s)(y)[0, 0] for s in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)}
     best_scaling = max(fbps, key=lambda s: scores(fbps[s], reference)["psnr"])
@@ -179,8 +142,8 @@ def main():
     print(f"| TV (α {best_alpha:.3g}, 500 PDHG it.) | {results['tv']['psnr']:.2f} | {results['tv']['ssim']:.3f} | | | | | | |")
     for name in runs:
         run = results[name]
-        run["reaches_steady"] = first_reaching(run["psnr"], run["seconds"], steady)
-        run["reaches_steady_loss"] = first_reaching([-v for v in run["loss"]], run["seconds"], -steady_loss)
+        run["reaches_steady"] = reaching(run["psnr"], run["seconds"], steady)
+        run["reaches_steady_loss"] = reaching([-v for v in run["loss"]], run["seconds"], -steady_loss)
         cells = [f"{k if k else 'never'} | {f'{t:.1f}' if t else '–'}"
                  for k, t in (run["reaches_steady"], run["reaches_steady_loss"])]
         print(f"| {name} (γ {run['tv_weight']:g}), best-loss iterate | {run['best_loss_image']['psnr']:.2f} "

@@ -1,5 +1,6 @@
-"""DIP iterations per second: one iteration per Lightning step (the loop before issue 14) against
-several per step (``DeepImagePrior(iterations_per_step=k)``), side by side in one run.
+"""DIP iterations per second: one iteration per Lightning step (DIP's loop before
+``iterations_per_step`` existed) against several per step (``DeepImagePrior(iterations_per_step=k)``),
+side by side in one run.
 
 The problem has the tooth's size in ``finetune.py --binning 4 --num-angles 30``: a 160² image, 30
 parallel-beam angles, a 5-scale U-Net with 32 channels and TV (a seeded ellipse phantom stands in
@@ -12,28 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from lightning_recon.data import EllipsesDataset
-from lightning_recon.methods.dip import DeepImagePrior, RepeatedMeasurement
+from lightning_recon.methods.dip import DeepImagePrior
 from lightning_recon.physics import ParallelBeam2D
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import RESULTS, fit_dip, machine_info
 
 
 def run(y: torch.Tensor, geometry: ParallelBeam2D, per_step: int, iterations: int, accelerator: str) -> dict:
     L.seed_everything(0, verbose=False)
     model = DeepImagePrior(geometry.to_dict(), channels=(32,) * 5, skip_channels=(4,) * 5, tv_weight=0.04,
-                           iterations_per_step=per_step, fbp_frequency_scaling=1.0)
-    trainer = L.Trainer(max_steps=iterations, accelerator=accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    start = time.perf_counter()
-    trainer.fit(model, RepeatedMeasurement(y[0], iterations).loader())
-    seconds = time.perf_counter() - start
+                           iterations_per_step=per_step)
+    seconds = fit_dip(model, y, iterations, accelerator)["fit_seconds"]
     return {"iterations_per_step": per_step, "iterations": len(model.losses), "seconds": seconds,
             "iterations_per_second": len(model.losses) / seconds, "final_loss": model.losses[-1]}
 
@@ -62,7 +58,8 @@ def main() -> None:
               f"{row['final_loss']:.5f} |")
     RESULTS.mkdir(exist_ok=True)
     out = Path(args.json) if args.json else RESULTS / f"dip_speed-{'gpu' if args.accelerator == 'gpu' else 'cpu'}.json"
-    out.write_text(json.dumps({"device": device, "args": vars(args), "rows": rows}, indent=2))
+    out.write_text(json.dumps({"device": device, "machine_info": machine_info(), "args": vars(args), "rows": rows},
+                              indent=2))
     print(f"wrote {out}")
 
 

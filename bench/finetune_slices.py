@@ -27,13 +27,14 @@ import numpy as np
 import torch
 
 from lightning_recon.data.synthetic_scan import write_synthetic_scan
-from lightning_recon.finetuning import finetune_main
+from lightning_recon.finetune import main as finetune_main
+
+from common import add_threads_argument, first_reaching, machine_info, set_threads
 
 
-def first_reaching(iterations: np.ndarray, values: np.ndarray, target: float) -> Optional[int]:
-    """The first iteration whose PSNR is >= ``target`` (None if never)."""
-    hits = np.flatnonzero(values >= target - 1e-9)
-    return int(iterations[hits[0]]) if hits.size else None
+def reaches(curve_iteration: np.ndarray, curve_psnr: np.ndarray, target: float) -> Optional[int]:
+    """The first iteration whose PSNR is >= ``target`` (within 1e-9 dB, so a run reaches its own final PSNR)."""
+    return first_reaching(curve_psnr, target, curve_iteration, tolerance=1e-9)
 
 
 def thin(iterations: np.ndarray, values: np.ndarray, points: int = 200) -> dict:
@@ -81,12 +82,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0, help="phantom, noise and network seed")
     parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_argument(parser)
     parser.add_argument("--work", default=None, help="folder for the scan and both runs (default: a temporary one)")
     parser.add_argument("--json", default="bench/results/finetune_slices.json")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.work or temporary)
@@ -100,17 +100,17 @@ def main(argv=None) -> dict:
 
     rows = []
     for warm, alone in zip(runs["warm"]["slices"], runs["independent"]["slices"]):
-        target = alone["dip_psnr"]
+        target = alone["recon_psnr"]
         rows.append({
             "slice": warm["slice"],
             "fbp_psnr": warm["fbp_psnr"],
-            "independent_psnr": alone["dip_psnr"], "warm_psnr": warm["dip_psnr"],
+            "independent_psnr": alone["recon_psnr"], "warm_psnr": warm["recon_psnr"],
             "independent_peak_psnr": float(alone["curve_psnr"].max()),
             "warm_peak_psnr": float(warm["curve_psnr"].max()),
-            "independent_reaches_its_final_at": first_reaching(alone["curve_iteration"], alone["curve_psnr"], target),
-            "warm_reaches_independent_final_at": first_reaching(warm["curve_iteration"], warm["curve_psnr"], target),
-            "independent_reaches_warm_final_at": first_reaching(alone["curve_iteration"], alone["curve_psnr"],
-                                                                warm["dip_psnr"]),
+            "independent_reaches_its_final_at": reaches(alone["curve_iteration"], alone["curve_psnr"], target),
+            "warm_reaches_independent_final_at": reaches(warm["curve_iteration"], warm["curve_psnr"], target),
+            "independent_reaches_warm_final_at": reaches(alone["curve_iteration"], alone["curve_psnr"],
+                                                         warm["recon_psnr"]),
             "warm_psnr_at_iteration_1": float(warm["curve_psnr"][0]),
             "independent_psnr_at_iteration_1": float(alone["curve_psnr"][0]),
             "independent_first_loss": alone["first_loss"], "warm_first_loss": warm["first_loss"],
@@ -140,6 +140,7 @@ def main(argv=None) -> dict:
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "work")},
         "device": torch.cuda.get_device_name(0) if args.accelerator != "cpu" and torch.cuda.is_available()
         else f"cpu, {torch.get_num_threads()} threads",
+        "machine_info": machine_info(),
         "command": "python bench/finetune_slices.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "wall_seconds": {mode: runs[mode]["seconds"] for mode in runs},
         "mean_psnr": {"fbp": float(np.mean([r["fbp_psnr"] for r in rows])),

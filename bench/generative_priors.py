@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from lightning_recon.methods import read_results_table
+from lightning_recon.results import read_results_table
+
+from common import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRIES = ("30angles", "10angles", "limited60")
@@ -158,6 +160,7 @@ def main() -> None:
         "priors": {"vae": args.vae, "gan": args.gan}, "settings": {k: v for k, v in vars(args).items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "machine_info": machine_info(),
         "table": table, "runs": runs}, indent=2))
     print(f"\nwrote {out_path}")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Generative regularisers on dival's ellipses standard (issue 16), one GPU command of about 9 minutes:
+# Generative regularisers (VAE and GAN priors) on dival's ellipses standard, one GPU command of about 9 minutes:
 # the VAE and the GAN prior trained at once on ellipses-30 images (TRAIN_TIME each, sharing the GPU),
 # then bench/generative_priors.py --preset ellipses-30 for each geometry in parallel (FBP, TV, range and
 # soft of both priors at 30 angles, 10 angles and 60° limited angle, the SAME generators everywhere)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the ellipses-standard issues in one command of about 9 minutes on one H200:
+# Every GPU measurement on dival's ellipses standard in one command of about 9 minutes on one H200:
 # the gpu tests, bench/train_speed.py (old vs new path, data included), the three supervised methods
 # and the conditional WGAN trained at once on the GPU (each for TRAIN_TIME; alone each fits its own
 # 9-minute config), their tests on the first 100 test samples, TV (α tuned on validation) and the
@@ -9,7 +9,7 @@
 #   source .device/setup.sh && MODELS=learned_pd TRAIN_TIME=00:00:06:00 SPEED=0 BASELINES=0 bash bench/gpu_session.sh
 #                                                  # one headline run alone (what the next GPU session should run)
 #   source .device/setup.sh && MODELS= SPEED=0 BASELINES=0 SLICES=1 bash bench/gpu_session.sh
-#                                                  # issue 14 alone: DIP it/s (1 vs 25/100 per step) and 64 slices, ≈ 4 min
+#                                                  # the DIP speed measurements alone: DIP it/s (1 vs 25/100 per step) and 64 slices, ≈ 4 min
 #   ACCEL=cpu TRAIN_TIME=00:00:00:20 SPEED_ARGS="--device cpu --steps 1 --warmup 1 --batch-size 2 --workers 1 --models LearnedGD" \
 #       TV_ARGS="--device cpu --iterations 5 --val-samples 2 --test-samples 2 --alphas 1 4" \
 #       CWGAN_SAMPLES=4 TEST_SAMPLES=4 DIP_ITERATIONS=5 DIP_TEST_IMAGES=1 bash bench/gpu_session.sh                          # a CPU dry run
@@ -29,7 +29,7 @@ BASELINES=${BASELINES:-1}                                # TV and DIP+TV beside 
 SPEED=${SPEED:-1}                                        # bench/train_speed.py first (0: skip)
 DIP_SPEED=${DIP_SPEED:-1}                                # bench/dip_speed.py: DIP it/s, 1 vs 25/100 per step (0: skip)
 DIP_SPEED_ARGS=${DIP_SPEED_ARGS:---accelerator gpu --iterations 1500 --per-step 1 25 100}
-SLICES=${SLICES:-0}                                      # bench/finetune_slices.py: 64 warm vs independent slices (issue 14)
+SLICES=${SLICES:-0}                                      # bench/finetune_slices.py: 64 warm vs independent slices (1: run)
 SLICES_ARGS=${SLICES_ARGS:---slices 64 --size 64 --angles 90 --num-angles 30 --iterations 600 --warm-iterations 150 --channels 32 --accelerator gpu}
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
@@ -48,12 +48,12 @@ if [ "$SPEED" = 1 ]; then
 fi
 
 if [ "$DIP_SPEED" = 1 ]; then
-    stamp "DIP iterations per second, one vs several per Lightning step (issue 14)"
+    stamp "DIP iterations per second, one vs several per Lightning step"
     python bench/dip_speed.py $DIP_SPEED_ARGS --json "$OUT/dip_speed.json" 2>&1 | grep -v "Warning\|warn\|max_steps"
 fi
 
 if [ "$SLICES" = 1 ]; then
-    stamp "whole scan: 64 slices warm-started against independent (issue 14)"
+    stamp "whole scan: 64 slices warm-started against independent"
     python bench/finetune_slices.py $SLICES_ARGS --json "$OUT/finetune_slices.json" 2>&1 | grep -v "Warning\|warn" | tail -25
 fi
 

@@ -1,6 +1,6 @@
 """LISTA versus (F)ISTA: error and neuron detection against layers / iterations, and time per volume.
 
-    python bench/lista.py                       # both problems, CPU, ~15 min on 2 cores
+    python bench/lista.py                       # both problems and the timing, CPU, 1 thread (--threads)
     python bench/lista.py --problems lightfield --lf-steps 200 --device cuda
 
 1. Sparse coding (Gregor & LeCun 2010; Chen et al. 2018): ``y = A x + e``, ``A`` 250×500 Gaussian,
@@ -25,26 +25,24 @@ import numpy as np
 import torch
 
 from lightning_recon.data import NeuronVolumeDataset, SparseCodingDataset
-from lightning_recon.methods.sparse import ista
-from lightning_recon.metrics import detection_scores, find_peaks
+from lightning_recon.metrics import detection_scores, find_peaks, set_nmse_db
 from lightning_recon.nets import LISTA
 from lightning_recon.physics import LightFieldGeometry, LightFieldModel, SparseCodingProblem
+from lightning_recon.solvers import ista
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import (RESULTS, add_device_argument, add_threads_argument, first_samples, machine_info, set_threads,
+                    synchronize)
+
 CHECKPOINTS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
-def nmse_db(pred, truth) -> float:
-    return float(10 * torch.log10((pred - truth).pow(2).sum() / truth.pow(2).sum()))
+def set_nmse(pred, truth) -> float:
+    """NMSE of the whole set in dB: ``metrics.set_nmse_db`` of the per-sample errors and energies."""
+    return set_nmse_db((pred - truth).pow(2).flatten(1).sum(1), truth.pow(2).flatten(1).sum(1))
 
 
 def mean_f1(pred, centres, counts) -> float:
     return float(np.mean([detection_scores(find_peaks(p, 0.2), c[:n])["f1"] for p, c, n in zip(pred, centres, counts)]))
-
-
-def stack(dataset, count):
-    items = [dataset[i] for i in range(count)]
-    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]}
 
 
 def ista_curve(operator, y, truth, lam, iterations, nonnegative, accelerated, detect=None):
@@ -53,7 +51,7 @@ def ista_curve(operator, y, truth, lam, iterations, nonnegative, accelerated, de
 
     def record(k, x):
         if k in CHECKPOINTS:
-            curve[k] = {"nmse": nmse_db(x, truth)}
+            curve[k] = {"nmse": set_nmse(x, truth)}
             if detect is not None:
                 curve[k]["f1"] = mean_f1(x, *detect)
 
@@ -65,7 +63,7 @@ def tune_lambda(operator, y, truth, candidates, iterations, nonnegative):
     scores = {}
     for lam in candidates:
         x = ista(operator, y, lam, iterations, nonnegative=nonnegative, accelerated=True)
-        scores[lam] = nmse_db(x, truth)
+        scores[lam] = set_nmse(x, truth)
     return min(scores, key=scores.get), scores
 
 
@@ -89,9 +87,9 @@ def train_lista(operator, train, layers, steps, batch_size, lr, lam, nonnegative
 def sparse_coding(args, device):
     problem = SparseCodingProblem(m=250, n=500, sparsity=0.1, noise_std=0.01)
     operator = problem.build_operator().to(device)
-    train = stack(SparseCodingDataset(problem, args.sc_train, seed=42), args.sc_train)
-    val = stack(SparseCodingDataset(problem, 256, seed=2), 256)
-    test = stack(SparseCodingDataset(problem, 1000, seed=1), 1000)
+    train = first_samples(SparseCodingDataset(problem, args.sc_train, seed=42), None, args.sc_train)
+    val = first_samples(SparseCodingDataset(problem, 256, seed=2), None, 256)
+    test = first_samples(SparseCodingDataset(problem, 1000, seed=1), None, 1000)
     y, x = test["measurement"].to(device), test["ground_truth"].to(device)
     lam, scores = tune_lambda(operator, val["measurement"].to(device), val["ground_truth"].to(device),
                               (0.003, 0.01, 0.03, 0.1), 1000, nonnegative=False)
@@ -101,7 +99,7 @@ def sparse_coding(args, device):
     for layers in args.sc_layers:
         net, seconds = train_lista(operator, train, layers, args.sc_steps, 64, 5e-4, lam, False, device)
         with torch.no_grad():
-            out["lista"][layers] = {"nmse": nmse_db(net(y), x), "train_seconds": seconds}
+            out["lista"][layers] = {"nmse": set_nmse(net(y), x), "train_seconds": seconds}
         print(f"  sparse coding: LISTA K={layers}: {out['lista'][layers]['nmse']:.2f} dB ({seconds:.0f} s training)")
     return out
 
@@ -109,9 +107,9 @@ def sparse_coding(args, device):
 def light_field(args, device):
     geometry = LightFieldGeometry()
     operator = LightFieldModel(geometry).to(device)
-    train = stack(NeuronVolumeDataset(geometry, args.lf_train, seed=42), args.lf_train)
-    val = stack(NeuronVolumeDataset(geometry, 16, seed=2), 16)
-    test = stack(NeuronVolumeDataset(geometry, 64, seed=1), 64)
+    train = first_samples(NeuronVolumeDataset(geometry, args.lf_train, seed=42), None, args.lf_train)
+    val = first_samples(NeuronVolumeDataset(geometry, 16, seed=2), None, 16)
+    test = first_samples(NeuronVolumeDataset(geometry, 64, seed=1), None, 64)
     y, x = test["measurement"].to(device), test["ground_truth"].to(device)
     detect = (test["centres"], test["num_neurons"])
     lam, scores = tune_lambda(operator, val["measurement"].to(device), val["ground_truth"].to(device),
@@ -123,7 +121,7 @@ def light_field(args, device):
         net, seconds = train_lista(operator, train, layers, args.lf_steps, 16, 1e-3, lam, True, device)
         with torch.no_grad():
             pred = torch.cat([net(chunk) for chunk in y.split(16)])
-        out["lista"][layers] = {"nmse": nmse_db(pred, x), "f1": mean_f1(pred.cpu(), *detect), "train_seconds": seconds}
+        out["lista"][layers] = {"nmse": set_nmse(pred, x), "f1": mean_f1(pred.cpu(), *detect), "train_seconds": seconds}
         print(f"  light field: LISTA K={layers}: {out['lista'][layers]['nmse']:.2f} dB, "
               f"F1 {out['lista'][layers]['f1']:.3f} ({seconds:.0f} s training)")
     return out
@@ -141,12 +139,10 @@ def timing(device, repeats=3):
         def best_of(run):
             times = []
             for _ in range(repeats + 1):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(device)
                 start = time.perf_counter()
                 run()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(device)
                 times.append(time.perf_counter() - start)
             return min(times[1:])  # the first run warms up
 
@@ -187,7 +183,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", nargs="+", default=["sparse_coding", "light_field", "timing"],
                         choices=["sparse_coding", "light_field", "timing"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--sc-layers", type=int, nargs="+", default=[2, 4, 6, 8, 10])
     parser.add_argument("--sc-steps", type=int, default=2000)
     parser.add_argument("--sc-train", type=int, default=20000)
@@ -195,14 +191,14 @@ def main():
     parser.add_argument("--lf-steps", type=int, default=400)
     parser.add_argument("--lf-train", type=int, default=2048)
     parser.add_argument("--lf-ista", type=int, default=1000, help="ISTA/FISTA iterations on the light field")
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_argument(parser)
     parser.add_argument("--out", default=str(RESULTS / "lista.json"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}",
-               "torch": torch.__version__, "args": vars(args)}
+               "torch": torch.__version__, "machine_info": machine_info(), "args": vars(args)}
     runners = {"sparse_coding": sparse_coding, "light_field": light_field, "timing": timing}
     for name in args.problems:
         print(f"== {name}")

@@ -23,6 +23,8 @@ import time
 import warnings
 from pathlib import Path
 
+from common import machine_info, synchronize
+
 GEOMETRIES = {
     "small": dict(image_size=128, num_angles=30, label="128²/30 angles"),
     "lodopab": dict(image_size=362, num_angles=1000, label="362²/1000 angles/513 det"),
@@ -74,8 +76,7 @@ def run_one(method, geometry_name, device, min_seconds, max_repeats):
     def step():
         y = forward(x)
         out = adjoint(y)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         return y, out
 
     t0 = time.perf_counter()
@@ -112,11 +113,11 @@ def copy_bandwidth_gb_per_s():
     b = torch.empty_like(a)
     for _ in range(3):
         b.copy_(a)
-    torch.cuda.synchronize()
+    synchronize("cuda")
     t = time.perf_counter()
     for _ in range(20):
         b.copy_(a)
-    torch.cuda.synchronize()
+    synchronize("cuda")
     return 2 * a.numel() * 4 * 20 / (time.perf_counter() - t) / 1e9
 
 
@@ -212,7 +213,8 @@ def main(argv=None):
                       f"({100 * r['fraction_of_copy_bandwidth']:.2f} %)")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=machine, batch=BATCH, results=results), indent=2))
+    out.write_text(json.dumps(dict(machine=machine, machine_info=machine_info(), batch=BATCH, results=results),
+                              indent=2))
     print(f"\nwrote {out}")
 
 

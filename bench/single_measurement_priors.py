@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import lightning as L
@@ -35,48 +34,30 @@ import torch
 
 from lightning_recon.data import SimulatedCTDataModule
 from lightning_recon.methods import AnalyticDeepPrior
-from lightning_recon.methods.dip import DeepImagePrior, RepeatedMeasurement
+from lightning_recon.methods.dip import DeepImagePrior
 from lightning_recon.metrics import psnr
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import (RESULTS, add_threads_argument, first_samples, fit_dip, load_sparse_view_case, machine_info,
+                    set_threads)
+
 METHODS = ("dip", "deep-decoder", "adp")
-
-
-class PSNRCurve(L.Callback):
-    """The PSNR of every iterate (from the module's ``train/psnr`` log)."""
-
-    def __init__(self):
-        self.values = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.values.append(float(trainer.callback_metrics["train/psnr"]))
 
 
 def cases(name: str, images: int):
     """[(label, sinogram (1, 1, A, D), geometry dict, reference (H, W))]."""
     if name == "tooth":
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from dip_sparse_view import load_case
-
-        y, geometry, reference, _ = load_case("tooth")
+        y, geometry, reference, _ = load_sparse_view_case("tooth")
         return [("tooth", y, geometry.to_dict(), reference)]
     data = SimulatedCTDataModule(preset="ellipses-30" if name == "ellipses" else name, num_workers=0)
-    test = data.dataset("test")
-    return [(f"{name} test {i}", test[i]["measurement"][None], data.geometry_dict, test[i]["ground_truth"][0])
+    test = first_samples(data, "test", images, ("measurement", "ground_truth"))
+    return [(f"{name} test {i}", test["measurement"][i:i + 1], data.geometry_dict, test["ground_truth"][i, 0])
             for i in range(images)]
 
 
 def fit(model, y: torch.Tensor, reference: torch.Tensor, steps: int) -> dict:
-    model.reference = reference
-    curve = PSNRCurve()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[curve])
-    start = time.perf_counter()
-    trainer.fit(model, RepeatedMeasurement(y[0], steps).loader())
-    seconds = time.perf_counter() - start
-    values = curve.values
+    """The PSNR of every iterate (ADP: every training step), its peak, the last, weights and time."""
+    run = fit_dip(model, y, steps, "cpu", reference)
+    values, seconds = run["psnr"], run["fit_seconds"]
     peak = max(range(len(values)), key=values.__getitem__)
     weights = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"curve": values, "peak_psnr": values[peak], "peak_iteration": peak + 1, "last_psnr": values[-1],
@@ -95,10 +76,9 @@ def main() -> None:
     parser.add_argument("--adp-iterations", type=int, default=50)
     parser.add_argument("--adp-steps", type=int, default=300)
     parser.add_argument("--tag", default="", help="suffix of the output names: priors_<case><tag>.json/.png")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: small networks on a shared 2-core machine ran 10× faster than 2)")
+    add_threads_argument(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     rows = []
     for label, y, geometry, reference in cases(args.case, args.images):
         data_range = float(reference.max() - reference.min())
@@ -106,13 +86,15 @@ def main() -> None:
         if "dip" in args.methods:
             L.seed_everything(0, verbose=False)
             runs["DIP (U-Net)"] = fit(DeepImagePrior(geometry, channels=(args.channels,) * 5, skip_channels=(4,) * 5,
-                                                     tv_weight=0.0, fbp_frequency_scaling=1.0),
+                                                     tv_weight=0.0),
                                       y, reference, args.iterations)
         if "deep-decoder" in args.methods:
             L.seed_everything(0, verbose=False)
+            # its FBP only sets the image scale: Hann at 0.5, DIP's default when the figures were measured
             runs["deep decoder"] = fit(DeepImagePrior(geometry, network="deep-decoder",
                                                       channels=(args.decoder_channels,) * 5, tv_weight=0.0,
-                                                      lr=args.decoder_lr), y, reference, args.iterations)
+                                                      lr=args.decoder_lr, fbp_frequency_scaling=0.5),
+                                       y, reference, args.iterations)
         if "adp" in args.methods:
             adp = AnalyticDeepPrior(geometry, iterations=args.adp_iterations)
             with torch.no_grad():
@@ -133,8 +115,8 @@ def main() -> None:
               f"{r['weights']} | {r['seconds_to_peak']:.1f} | {r['seconds']:.1f} |")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"priors_{args.case}{args.tag}.json"
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "args": vars(args),
-                               "rows": rows}, indent=1))
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "machine_info": machine_info(),
+                               "args": vars(args), "rows": rows}, indent=1))
     _plot(rows, out.with_suffix(".png"))
     print(f"wrote {out}")
 

@@ -31,6 +31,8 @@ import torch
 from lightning_recon.data import SimulatedCTDataModule
 from lightning_recon.methods import FBPUNet, LearnedGD, LearnedPD
 
+from common import add_device_argument, machine_info, synchronize
+
 MODELS = {"FBPUNet": (FBPUNet, dict(channels=[32, 32, 64, 64, 128], norm="batch")),
           "LearnedGD": (LearnedGD, {}), "LearnedPD": (LearnedPD, {})}
 
@@ -40,11 +42,6 @@ def batches(data: SimulatedCTDataModule, device: torch.device):
     while True:
         for batch in data.train_dataloader():
             yield data.transfer_batch_to_device(batch, device, 0)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(model, stream, steps: int, device: torch.device, bf16: bool, warmup: int, fused: bool = False) -> float:
@@ -99,7 +96,7 @@ def profile_step(data, device, steps: int = 3) -> list:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--preset", default="ellipses-30")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=150)
@@ -160,8 +157,8 @@ def main(argv=None):
         print(f"| {r['model']} | {r['old']:.1f} | {r['new']:.1f} | {r['new+cl']:.1f} | {r['new+cl+fused']:.1f} | "
               f"{r['model_only']:.1f} | {r['speedup']:.2f}× |")
     print(f"device simulation alone: {device_rate:.0f} samples/s")
-    result = dict(machine=machine, preset=args.preset, batch=args.batch_size, steps=args.steps, warmup=args.warmup,
-                  workers=args.workers,
+    result = dict(machine=machine, machine_info=machine_info(), preset=args.preset, batch=args.batch_size,
+                  steps=args.steps, warmup=args.warmup, workers=args.workers,
                   models=rows, device_simulation_samples_per_second=device_rate)
     if args.profile and device.type == "cuda":
         result["profile_learned_pd"] = profile_step(new_data, device)

@@ -6,7 +6,7 @@ sees the same images.
 FBP (the data module's Hann, 0.5) on the same images is reported alongside. Prints a markdown
 table and writes JSON.
 
-    python bench/tv_ellipses.py                                 # CUDA when present, else CPU
+    python bench/tv_ellipses.py                                 # CUDA when present, else CPU; 1 CPU thread
     python bench/tv_ellipses.py --device cpu --threads 1 --iterations 500
 """
 from __future__ import annotations
@@ -17,29 +17,19 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from lightning_recon.data import SimulatedCTDataModule
-from lightning_recon.methods.variational import tune_alpha, tv_pdhg
+from lightning_recon.solvers import tune_alpha, tv_pdhg
 from lightning_recon.metrics import psnr, ssim
 from lightning_recon.physics import RayTransform
 
+from common import add_device_argument, add_threads_argument, first_samples, machine_info, set_threads, synchronize
+
 PUBLISHED = {"method": "TV (Baguer et al. 2020)", "psnr": 27.96, "ssim": 0.862}
-
-
-def load_split(datamodule: SimulatedCTDataModule, split: str, count: int) -> Dict[str, torch.Tensor]:
-    """The first ``count`` samples of ``split`` stacked: ``measurement (N, 1, A, D)``, images ``(N, 1, H, W)``."""
-    dataset = datamodule.dataset(split)
-    samples = [dataset[i] for i in range(count)]
-    return {key: torch.stack([s[key] for s in samples]) for key in ("measurement", "ground_truth", "fbp")}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reconstruct_timed(measurements: torch.Tensor, ray_transform: RayTransform, alpha: float, iterations: int,
@@ -79,8 +69,8 @@ def markdown_table(rows: List[dict], iterations: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_device_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("--val-samples", type=int, default=20)
     parser.add_argument("--test-samples", type=int, default=100)
     parser.add_argument("--alphas", type=float, nargs="+", default=np.logspace(0, 2, 8).tolist(),
@@ -89,13 +79,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "tv_ellipses.json")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
 
     datamodule = SimulatedCTDataModule("ellipses-30", val_length=args.val_samples, test_length=args.test_samples)
-    val = {k: v.to(device) for k, v in load_split(datamodule, "val", args.val_samples).items()}
-    test = {k: v.to(device) for k, v in load_split(datamodule, "test", args.test_samples).items()}
+    keys = ("measurement", "ground_truth", "fbp")  # (N, 1, A, D) and (N, 1, H, W)
+    val = {k: v.to(device) for k, v in first_samples(datamodule, "val", args.val_samples, keys).items()}
+    test = {k: v.to(device) for k, v in first_samples(datamodule, "test", args.test_samples, keys).items()}
     ray_transform = RayTransform(datamodule.geometry)
     ray_transform.operator_norm(device=device)
 
@@ -121,6 +111,7 @@ def main() -> None:
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "threads": torch.get_num_threads()},
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "device_name": device_name},
+        "machine_info": machine_info(),
         "alpha": alpha, "tuning_psnr": {str(k): v for k, v in tuning.items()}, "tuning_seconds": tuning_seconds,
         "results": rows, "published": PUBLISHED,
     }, indent=1))

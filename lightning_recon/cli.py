@@ -36,6 +36,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpointing import AtomicCheckpointIO
 from .data.files import DataFileError
+from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
 from .messages import exit_with_error
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels
 
@@ -95,20 +96,36 @@ class LoggedSaveConfig(SaveConfigCallback):
 # matter while training (the checkpoint's are kept outside `fit` without comparison).
 HONOURED_SETTINGS = ("results_dir", "method_name", "ray_transform_backend")
 REPORT_SETTINGS = ("results_dir", "method_name")  # honoured only when a config or flag sets them
-TRAINING_ONLY_SETTINGS = ("lr", "betas", "weight_decay", "scheduler", "channels_last", "fused_optimizer",
-                          "lr_warmup", "n_critic", "gp_weight")
 LINKED_SETTINGS = ("geometry", "data_range", "fbp_filter", "fbp_frequency_scaling")
+
+
+def _model_class(class_path: str):
+    """The class named by ``class_path`` (``None`` if it cannot be imported)."""
+    import importlib
+
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def training_only_settings(class_path: str) -> set:
+    """The settings that matter only while training, as the model class and its bases (and mixins)
+    declare them in ``training_only_settings`` (:class:`~lightning_recon.methods.base.ReconstructionModule`'s
+    if the class cannot be imported)."""
+    from .methods.base import ReconstructionModule
+
+    cls = _model_class(class_path) or ReconstructionModule
+    return {name for base in cls.__mro__ for name in vars(base).get("training_only_settings", ())}
 
 
 def _class_default(class_path: str, key: str):
     """The default of ``__init__`` argument ``key`` of ``class_path`` or of a base class (None if none)."""
-    import importlib
     import inspect
 
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    cls = _model_class(class_path)
+    if cls is None:
         return None
     for base in cls.__mro__:
         parameter = inspect.signature(base.__init__).parameters.get(key) if "__init__" in vars(base) else None
@@ -124,6 +141,9 @@ def _same_setting(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return float(a) == float(b)
     return a == b
+
+
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
 
 
 class ReconCLI(LightningCLI):
@@ -153,15 +173,21 @@ class ReconCLI(LightningCLI):
         data range) come from the data."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
             return super()._parse_ckpt_path()
+        if not Path(ckpt_path).is_file():
+            exit_with_error("train.py", f"--ckpt_path {ckpt_path} " + ("is a folder, not a checkpoint file"
+                                                                       if Path(ckpt_path).is_dir() else "does not exist"))
         try:
             # memory-mapped: only the hyperparameters are read here; Lightning reads the checkpoint next
-            hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
-                           .get("hyper_parameters", {}))
+            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
         except Exception as error:
             exit_with_error("train.py", f"checkpoint {ckpt_path} is unreadable ({type(error).__name__}); it may be truncated: "
                        "resume from another checkpoint of the run")
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            exit_with_error("train.py", f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (no state_dict): "
+                                        "it resumes runs of train.py only")
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
         asked = self.config[subcommand].get("model")
         asked_args = dict(vars(asked.get("init_args") or {})) if asked is not None else {}
         saved_class = hparams.get("_class_path")
@@ -169,7 +195,8 @@ class ReconCLI(LightningCLI):
             exit_with_error("train.py", f"--ckpt_path holds a {saved_class.rsplit('.', 1)[-1]}, the config asks for "
                        f"{str(asked.get('class_path')).rsplit('.', 1)[-1]}; to start a new model from other "
                        "weights use its pretrained-weights argument, not --ckpt_path")
-        honoured = set(HONOURED_SETTINGS) | (set() if subcommand == "fit" else set(TRAINING_ONLY_SETTINGS))
+        model_class = (asked.get("class_path") if asked is not None else None) or saved_class or ""
+        honoured = set(HONOURED_SETTINGS) | (set() if subcommand == "fit" else training_only_settings(model_class))
         differing = [f"{key}: config {asked_args[key]!r}, checkpoint {hparams[key]!r}"
                      for key in sorted(asked_args)
                      if key in hparams and key not in honoured and key not in LINKED_SETTINGS
@@ -207,7 +234,8 @@ class ReconCLI(LightningCLI):
         """Resuming ``<save_dir>/<name>/version_N/checkpoints/*.ckpt`` with a CSV or TensorBoard logger
         logs into that same ``version_N`` (not a new one), which also keeps the checkpoint folder and
         with it the best-checkpoint record. The CSV logger would delete the earlier ``metrics.csv``
-        there: it is kept as ``metrics.until-<checkpoint name>.csv``."""
+        there: it is kept as ``metrics.until-<checkpoint name>.csv`` (``…-2.csv``, ``…-3.csv`` when
+        that name is taken: an earlier part of the log is never overwritten)."""
         folder = ckpt_path.resolve().parent
         logger = self.config.fit.trainer.get("logger")
         if folder.name != "checkpoints" or not folder.parent.name.startswith("version_") or logger is None:
@@ -218,11 +246,45 @@ class ReconCLI(LightningCLI):
         if init_args is not None and init_args.get("version") is None:
             init_args["version"] = folder.parent.name
             earlier = folder.parent / "metrics.csv"
+            kept = earlier.with_name(f"metrics.until-{ckpt_path.stem}.csv")
+            number = 1
+            while kept.exists():
+                number += 1
+                kept = earlier.with_name(f"metrics.until-{ckpt_path.stem}-{number}.csv")
             try:
-                earlier.rename(earlier.with_name(f"metrics.until-{ckpt_path.stem}.csv"))
+                earlier.rename(kept)
             except FileNotFoundError:  # no CSV log, or another process moved it already
                 pass
             rank_zero_info(f"--ckpt_path: logging on in {folder.parent}")
+
+    def _check_outputs(self, subcommand: str) -> None:
+        """Before any work: every folder the run writes accepts files (checkpoints and logs in
+        ``fit``, the results table in ``test``), and a checkpoint folder set by the config is locked
+        for this run (a second run writing there is refused, naming the first)."""
+        trainer, model = self.trainer, self.model
+        folders = []
+        if subcommand == "fit":
+            folders.append(("checkpoint folder", getattr(trainer.checkpoint_callback, "dirpath", None)))
+            folders.append(("log folder", getattr(trainer.logger, "save_dir", None) if trainer.logger else None))
+            folders.append(("default_root_dir", trainer.default_root_dir))
+        if subcommand == "test":
+            folders.append(("results_dir", getattr(model, "hparams", {}).get("results_dir")))
+        for what, folder in folders:
+            if folder:
+                check_writable(folder, what)
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) if subcommand == "fit" else None
+        if dirpath and trainer.is_global_zero:
+            self._lock = OutputLock(dirpath, "train.py fit").acquire()
+
+    def before_fit(self) -> None:
+        self._check_outputs("fit")
+
+    def after_fit(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+
+    def before_test(self) -> None:
+        self._check_outputs("test")
 
     def instantiate_trainer(self, **kwargs):
         """The trainer, writing checkpoints atomically unless a config chose another checkpoint IO."""
@@ -380,19 +442,24 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
             expanded = with_default_data(expand_compose(list(given), Path(folder)), subcommands=run)
             args = args if expanded == list(given) else expanded
         try:
-            return ReconCLI(
-                L.LightningModule,  # any method: CT (ReconstructionModule), light field / sparse coding (SparseRecoveryModule)
-                L.LightningDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_callback=LoggedSaveConfig,
-                save_config_kwargs={"overwrite": True},
-                trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")],
-                                  "default_root_dir": "outputs"},
-                args=args,
-                run=run,
-            )
+            with warnings.catch_warnings():
+                # our own rewritten arguments (compose:, the default data class) are meant, not a mistake
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+                return ReconCLI(
+                    L.LightningModule,  # any method: CT, light field, sparse coding (ReconstructionModule)
+                    L.LightningDataModule,
+                    subclass_mode_model=True,
+                    subclass_mode_data=True,
+                    save_config_callback=LoggedSaveConfig,
+                    save_config_kwargs={"overwrite": True},
+                    trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")],
+                                      "default_root_dir": "outputs"},
+                    args=args,
+                    run=run,
+                )
         except DataFileError as error:  # a user's file found bad during the run (also in a loader worker)
             if os.environ.get("LIGHTNING_RECON_DEBUG"):
                 raise
             exit_with_error("train.py", str(error).rpartition("DataFileError: ")[2])
+        except (FolderInUse, OutputUnwritable) as error:  # found before any work
+            exit_with_error("train.py", str(error))

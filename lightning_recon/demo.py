@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .cli import cli_main
-from .methods.base import read_results_table
+from .results import read_results_table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "demo_cpu.yaml"
 BASELINES = {"FBP": "lightning_recon.methods.FBPBaseline", "TV": "lightning_recon.methods.TVBaseline"}

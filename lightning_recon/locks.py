@@ -1,7 +1,8 @@
 """Output folders that one run at a time may write: an exclusive lock file, and writability probes.
 
-``OutputLock(folder)`` creates ``folder/.lightning_recon.lock`` with ``O_CREAT | O_EXCL`` (atomic on
-local filesystems) holding the holder's host, PID, start time and command. A second run on the
+``OutputLock(folder)`` creates ``.<folder name>.lock`` beside the folder (inside, it would make the
+folder look used) with ``O_CREAT | O_EXCL`` (atomic on local filesystems), holding the holder's
+host, PID, start time and command. A second run on the
 same folder is refused with one line naming the holder; a lock whose process no longer runs on
 this host (killed, crashed) is stale and taken over. ``check_writable`` tells before any work
 whether a folder (or the nearest existing folder above it) accepts files, creating nothing.
@@ -16,13 +17,15 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ["FolderInUse", "OutputLock", "check_writable", "process_alive"]
-
-LOCK_NAME = ".lightning_recon.lock"
+__all__ = ["FolderInUse", "OutputLock", "OutputUnwritable", "check_writable", "process_alive"]
 
 
 class FolderInUse(RuntimeError):
     """Another running process holds the folder's lock (the message is one line naming it)."""
+
+
+class OutputUnwritable(PermissionError):
+    """An output folder that cannot be created or written (the message is one line naming it)."""
 
 
 def process_alive(pid: int) -> bool:
@@ -37,7 +40,7 @@ def process_alive(pid: int) -> bool:
 
 
 def check_writable(folder: Union[str, Path], what: str) -> None:
-    """Raise ``PermissionError`` (one line naming ``what`` and the folder) unless ``folder`` can be
+    """Raise ``OutputUnwritable`` (one line naming ``what`` and the folder) unless ``folder`` can be
     created and written: its nearest existing ancestor must be a folder that takes a probe file
     (written and removed at once). Creates nothing that stays."""
     folder = Path(folder).expanduser().absolute()
@@ -45,22 +48,22 @@ def check_writable(folder: Union[str, Path], what: str) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise PermissionError(f"{what} {folder}: {existing} is a file, not a folder")
+        raise OutputUnwritable(f"{what} {folder}: {existing} is a file, not a folder")
     probe = existing / f".lightning_recon-probe-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise PermissionError(f"{what} {folder}: cannot write in {existing} ({error.strerror or error})") from None
+        raise OutputUnwritable(f"{what} {folder}: cannot write in {existing} ({error.strerror or error})") from None
 
 
 class OutputLock:
     """Exclusive use of ``folder`` by this process while the context is open (or between
-    ``acquire()`` and ``release()``); the folder is created when missing."""
+    ``acquire()`` and ``release()``); the folder's parent is created when missing."""
 
     def __init__(self, folder: Union[str, Path], program: str = "lightning_recon"):
-        self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.folder = Path(folder).expanduser().absolute()
+        self.path = self.folder.parent / f".{self.folder.name}.lock"
         self.program = program
         self._held = False
 
@@ -77,10 +80,13 @@ class OutputLock:
                 return time.time() - self.path.stat().st_mtime > 60
             except OSError:
                 return True
-        return record.get("host") == socket.gethostname() and not process_alive(int(record.get("pid", -1)))
+        if record.get("host") != socket.gethostname():
+            return False
+        pid = int(record.get("pid", -1))
+        return pid == os.getpid() or not process_alive(pid)  # our own (an earlier run in this process) or dead
 
     def acquire(self) -> "OutputLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "program": self.program, "command": " ".join(sys.argv)[:300]}
         for _ in range(2):  # a stale lock is removed once, then taken

@@ -20,7 +20,7 @@ import torch
 from scipy.stats import spearmanr
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-__all__ = ["psnr", "ssim", "image_metrics", "nmse_db", "set_nmse_db", "interval_coverage", "mean_pairwise_distance", "spearman_std_error"]
+__all__ = ["psnr", "ssim", "image_metrics", "per_sample_nmse_db", "set_nmse_db", "interval_coverage", "mean_pairwise_distance", "spearman_std_error"]
 
 
 def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -122,8 +122,9 @@ def mean_pairwise_distance(samples: torch.Tensor) -> torch.Tensor:
 
 # -- sparse recovery (LISTA, light-field volumes) -------------------------------------------------
 @torch.no_grad()
-def nmse_db(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Normalised MSE ``10 log10(‖pred − target‖² / ‖target‖²)`` in dB per sample, shape ``(B,)``."""
+def per_sample_nmse_db(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Normalised MSE ``10 log10(‖pred − target‖² / ‖target‖²)`` in dB of each sample, shape ``(B,)``
+    (the NMSE of a set is :func:`set_nmse_db`, not the mean of these)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     error = (pred - target).flatten(1).pow(2).sum(1)
@@ -131,7 +132,7 @@ def nmse_db(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def set_nmse_db(error: torch.Tensor, energy: torch.Tensor) -> float:
-    """NMSE of a set in dB, ``10 log10(Σ error / Σ energy)``, from per-sample squared errors
+    """NMSE of a set in dB, ``10 log10(Σ error / Σ energy)`` (one number), from per-sample squared errors
     ‖x̂ − x‖² and energies ‖x‖² (the LISTA literature's average: an all-zero sample has no NMSE alone)."""
     return float(10 * torch.log10(error.sum() / energy.sum().clamp_min(1e-20)))
 

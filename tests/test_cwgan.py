@@ -11,7 +11,8 @@ from lightning_recon.cli import cli_main
 from lightning_recon.data import SimulatedCTDataModule
 from lightning_recon.methods import ConditionalWGAN
 from lightning_recon.methods.callbacks import PosteriorPanels, posterior_panel_rows
-from lightning_recon.methods.cwgan import PREDICT_KEPT_SAMPLES, gradient_penalty
+from lightning_recon.methods.adversarial import gradient_penalty
+from lightning_recon.methods.cwgan import PREDICT_KEPT_SAMPLES
 from lightning_recon.metrics import interval_coverage, mean_pairwise_distance, spearman_std_error
 from lightning_recon.nets import ConditionalGenerator
 
@@ -116,6 +117,27 @@ def test_manual_optimisation_updates_both_nets_in_the_critic_rhythm(data, tmp_pa
     generator_schedule, critic_schedule = model.lr_schedulers()
     assert generator_schedule.last_epoch == 2 and critic_schedule.last_epoch == 4
     assert generator_optimizer.param_groups[0]["lr"] < model.hparams.lr  # cosine over 2 generator steps
+
+
+def test_cosine_time_anneals_both_optimisers_over_the_time_budget(data, tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model(data, tmp_path, scheduler="cosine-time")
+    trainer = tiny_trainer(tmp_path, max_steps=-1, max_epochs=1000, max_time={"seconds": 3})
+    trainer.fit(model, data)
+    schedules = model.lr_schedulers()
+    assert all(isinstance(s, torch.optim.lr_scheduler.LambdaLR) for s in schedules)
+    # annealed by time, not over a step count (max_epochs would make a step cosine barely move)
+    assert all(s.lr_lambdas[0](0) < 0.1 for s in schedules)  # the factor at the end of the budget
+    assert model.optimizers()[1].param_groups[0]["lr"] < 0.5 * model.hparams.lr  # the critic steps every step
+
+
+def test_training_only_settings_are_collected_over_the_class_hierarchy():
+    from lightning_recon.cli import training_only_settings
+
+    for class_path in ("lightning_recon.methods.ConditionalWGAN", "lightning_recon.methods.GANPrior"):
+        assert {"lr", "scheduler", "n_critic", "gp_weight"} <= training_only_settings(class_path)
+    assert "n_critic" not in training_only_settings("lightning_recon.methods.FBPUNet")
+    assert "lr" in training_only_settings("no.such.Model")  # the base's
 
 
 def test_checkpoint_loads_weights_only_and_fit_resumes_with_panels(data, tmp_path):

@@ -8,7 +8,8 @@ import torch
 
 from lightning_recon.data import SimulatedCTDataModule
 from lightning_recon.methods import GANPrior, GenerativeRegulariser, VAEPrior
-from lightning_recon.methods.generative import generative_reconstruction, load_prior
+from lightning_recon.methods.generative_regulariser import load_prior
+from lightning_recon.solvers import generative_reconstruction
 from lightning_recon.nets import ImageDecoder, ImageEncoder
 from lightning_recon.physics import ParallelBeam2D, RayTransform
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_recon.data.real import load_sinogram
-from lightning_recon.finetuning import finetune_main
+from lightning_recon.finetune import main as finetune_main
 from lightning_recon.physics import FBP, ParallelBeam2D, RayTransform
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_recon.nets import ConditionalCritic, LearnedGradientDescent, LearnedPrimalDual, UNet
+from lightning_recon.nets import ConvCritic, LearnedGradientDescent, LearnedPrimalDual, UNet
 from lightning_recon.physics import LinearOperator
 
 SMALL_CHANNELS = (8, 8, 16, 16, 32)
@@ -216,7 +216,7 @@ def test_learned_primal_dual_training_reduces_error():
 # -- critic ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [(32, 32), (33, 45)])
 def test_critic_scores_each_sample(size):
-    critic = ConditionalCritic(in_channels=3, channels=(8, 16, 32))
+    critic = ConvCritic(in_channels=3, channels=(8, 16, 32))
     image, condition = torch.randn(2, 1, *size), torch.randn(2, 2, *size)
     scores = critic(image, condition)
     assert scores.shape == (2,)
@@ -227,8 +227,23 @@ def test_critic_scores_each_sample(size):
 
 def test_critic_gradient_penalty_is_per_sample():
     """No batch statistics: a sample's score does not depend on the rest of the batch."""
-    critic = ConditionalCritic(in_channels=1, channels=(8, 16))
+    critic = ConvCritic(in_channels=1, channels=(8, 16))
     batch = torch.randn(3, 1, 24, 24)
     torch.testing.assert_close(critic(batch)[:1], critic(batch[:1]))
     with pytest.raises(ValueError, match="expects"):
         critic(torch.randn(1, 2, 24, 24))
+
+
+def test_learned_gd_loads_checkpoints_written_before_the_norm_buffer_was_renamed():
+    """State dicts with the old buffer name ``operator_norm`` load into ``cached_operator_norm``."""
+    from lightning_recon.methods import LearnedGD
+    from lightning_recon.physics import ParallelBeam2D
+
+    geometry = ParallelBeam2D((16, 16), num_angles=6).to_dict()
+    model = LearnedGD(geometry=geometry, n_iter=2, hidden_channels=4, results_dir=None)
+    old = dict(model.state_dict())
+    old["operator_norm"] = torch.tensor(3.5)
+    del old["cached_operator_norm"]
+    fresh = LearnedGD(geometry=geometry, n_iter=2, hidden_channels=4, results_dir=None)
+    fresh.load_state_dict(old)
+    assert float(fresh.cached_operator_norm) == 3.5

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_recon.methods import AnalyticDeepPrior
-from lightning_recon.methods.analytic_deep_prior import proximal_gradient
+from lightning_recon.solvers import proximal_gradient
 from lightning_recon.methods.dip import DeepImagePrior, RepeatedMeasurement
 from lightning_recon.nets import DeepDecoder
 from lightning_recon.physics import ParallelBeam2D, RayTransform

@@ -10,12 +10,12 @@ import torch
 from lightning_recon.cli import cli_main
 from lightning_recon.data import NeuronVolumeDataset, SparseCodingDataModule, SparseCodingDataset
 from lightning_recon.methods import ISTABaseline, LearnedISTA
-from lightning_recon.methods.sparse import ista
-from lightning_recon.metrics import detection_scores, find_peaks, nmse_db
+from lightning_recon.metrics import detection_scores, find_peaks, per_sample_nmse_db
 from lightning_recon.nets import LISTA
 from lightning_recon.physics import (ConvolutionalDictionary, LightFieldGeometry, LightFieldModel, MatrixOperator,
                                      SparseCodingProblem, operator_from_dict)
 from lightning_recon.physics.lightfield import simple_psf_stack
+from lightning_recon.solvers import ista
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_LF = dict(num_lenslets=6, lenslet_size=3, num_depths=3, psf_radius=1)
@@ -145,7 +145,7 @@ def test_fista_converges_faster_than_ista():
     op = problem.build_operator()
     x = torch.stack([SparseCodingDataset(problem, 8)[i]["ground_truth"] for i in range(8)])
     y = op(x)
-    slow, fast = (float(nmse_db(ista(op, y, 0.001, 100, nonnegative=False, accelerated=a), x).mean()) for a in (False, True))
+    slow, fast = (float(per_sample_nmse_db(ista(op, y, 0.001, 100, nonnegative=False, accelerated=a), x).mean()) for a in (False, True))
     assert fast < slow - 3
 
 
@@ -159,7 +159,7 @@ def test_detection_metrics():
     assert detection_scores(peaks, peaks)["f1"] == 1.0
     assert detection_scores(peaks[:0], true)["f1"] == 0.0
     x = torch.ones(2, 4)
-    torch.testing.assert_close(nmse_db(0.9 * x, x), torch.full((2,), -20.0))
+    torch.testing.assert_close(per_sample_nmse_db(0.9 * x, x), torch.full((2,), -20.0))
 
 
 def test_learned_ista_beats_its_ista_initialisation(tmp_path):

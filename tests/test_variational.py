@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_recon.metrics import psnr
-from lightning_recon.methods.variational import divergence, gradient, total_variation, tune_alpha, tv_pdhg
+from lightning_recon.solvers.tv import divergence, gradient, total_variation, tune_alpha, tv_pdhg
 from lightning_recon.physics import FBP, GaussianNoise, ParallelBeam2D, RayTransform
 
 GEOMETRY = ParallelBeam2D((32, 32), num_angles=20)

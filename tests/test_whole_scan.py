@@ -9,7 +9,7 @@ import torch
 from lightning_recon.data.real import load_data_exchange
 from lightning_recon.data.synthetic_scan import main as synthetic_scan_main
 from lightning_recon.data.synthetic_scan import read_ground_truth, write_synthetic_scan
-from lightning_recon.finetuning import finetune_main, parse_slices, slice_indices
+from lightning_recon.finetune import main as finetune_main, parse_slices, slice_indices
 from lightning_recon.metrics import psnr
 from lightning_recon.physics import FBP
 
@@ -82,7 +82,7 @@ def test_whole_scan_stack_files_and_warm_start_against_independent(scan, warm_ru
     assert json.loads((out / "summary.json").read_text())["slices"] == warm["slices"]
     assert [r["slice"] for r in warm["slices"]] == [0, 1, 2, 3]
     assert [r["warm_start_from"] for r in warm["slices"]] == [None, 0, 1, 2]
-    assert all(r["iterations"] == 30 and r["seconds"] > 0 and "dip_psnr" in r for r in warm["slices"])
+    assert all(r["iterations"] == 30 and r["seconds"] > 0 and "recon_psnr" in r for r in warm["slices"])
     curves = np.load(out / "slices/curves_0001.npz")
     # the loss of every iteration; the PSNR once per Lightning step (25 iterations: 25 and 30)
     assert curves["loss"].shape == (30,) and curves["psnr"].shape == curves["psnr_iteration"].shape == (2,)
@@ -103,7 +103,7 @@ def test_whole_scan_stack_files_and_warm_start_against_independent(scan, warm_ru
 
 def test_an_interrupt_keeps_finished_slices_and_a_rerun_continues_the_warm_start(scan, warm_run, tmp_path,
                                                                                   monkeypatch, capsys):
-    import lightning_recon.finetuning as finetuning
+    import lightning_recon.finetune.fitting as finetuning
 
     real_fit, calls, interrupt_at = finetuning._fit_saving_on_interrupt, [], [3]
 

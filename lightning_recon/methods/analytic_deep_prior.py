@@ -25,31 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import psnr
-from .base import ReconstructionModule
+from ..solvers.proximal_gradient import REGULARISERS, proximal_gradient
+from .single_measurement import SingleMeasurementModule
 
-__all__ = ["AnalyticDeepPrior", "proximal_gradient"]
-
-REGULARISERS = ("nonnegative", "l1")
+__all__ = ["AnalyticDeepPrior"]
 
 
-def proximal_gradient(forward, adjoint, y: torch.Tensor, image_shape, iterations: int, step,
-                      alpha: float = 0.0, regulariser: str = "nonnegative") -> torch.Tensor:
-    """``iterations`` proximal-gradient steps for ``½‖B x − y‖² + α R(x)`` from zero; ``forward`` and
-    ``adjoint`` are ``B`` and ``Bᵀ`` (callables); differentiable in whatever they and ``step`` (a
-    float or a scalar tensor) depend on.
-    ``y (N, 1, A, D) -> x (N, 1, *image_shape)``."""
-    if regulariser not in REGULARISERS:
-        raise ValueError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
-    threshold = step * alpha if regulariser == "l1" else 0.0
-    x = y.new_zeros((y.shape[0], 1, *image_shape))
-    for k in range(iterations):
-        residual = forward(x) - y if k else -y  # B·0 = 0
-        x = F.relu(x - step * adjoint(residual) - threshold)
-    return x
-
-
-class AnalyticDeepPrior(ReconstructionModule):
+class AnalyticDeepPrior(SingleMeasurementModule):
     """ADP on one sinogram ``(1, 1, A, D)``: fit with ``trainer.fit(model, RepeatedMeasurement(y[0], n).loader())``
     (one Adam step on ``K_θ`` per Lightning step); ``reconstruction`` is ``φ_B(y)``.
 
@@ -62,9 +44,11 @@ class AnalyticDeepPrior(ReconstructionModule):
         reference: optional image ``(H, W)`` for PSNR logging and ``psnr_curve`` (not used to fit).
     """
 
+    logs_reference_ssim = False
+
     def __init__(self, geometry: Dict[str, Any], iterations: int = 50, regulariser: str = "nonnegative",
                  alpha: float = 0.0, kernel_size: int = 5, lr: float = 1e-3, **kwargs):
-        super().__init__(geometry, lr=lr, scheduler="none", results_dir=None, **kwargs)
+        super().__init__(geometry, lr=lr, **kwargs)
         if regulariser not in REGULARISERS:
             raise ValueError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
         if iterations < 1 or kernel_size < 1 or kernel_size % 2 == 0 or alpha < 0:
@@ -73,8 +57,6 @@ class AnalyticDeepPrior(ReconstructionModule):
         if self.fbp is None:
             raise ValueError("AnalyticDeepPrior is for 2D CT geometries")
         self.kernel = nn.Parameter(torch.zeros(1, 1, kernel_size, kernel_size))
-        self.reference: Optional[torch.Tensor] = None
-        self.losses: List[float] = []
         self.psnr_curve: List[float] = []
         self.reconstruction: Optional[torch.Tensor] = None
 
@@ -98,20 +80,15 @@ class AnalyticDeepPrior(ReconstructionModule):
                                  self.geometry.image_shape, self.hparams.iterations, step, self.hparams.alpha,
                                  self.hparams.regulariser)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.reconstruct({"measurement": y})
-
     def training_step(self, y: torch.Tensor, batch_idx: int):
         x = self(y)
         loss = (self.operator(x) - y).pow(2).sum() / y.pow(2).sum()
         self.losses.append(float(loss.detach()))
         self.reconstruction = x.detach()
         self.log("train/loss", loss, prog_bar=True, batch_size=1)
-        if self.reference is not None:
-            ref = self.reference.to(x.device)[None, None]
-            value = float(psnr(x.detach(), ref, float(ref.max() - ref.min())).mean())
-            self.psnr_curve.append(value)
-            self.log("train/psnr", value, prog_bar=True, batch_size=1)
+        value = self.log_reference_scores(x)
+        if value is not None:
+            self.psnr_curve.append(float(value))
         return loss
 
     def on_train_end(self) -> None:

@@ -8,19 +8,19 @@ sparse-coding problem); for CT the module also holds an FBP, the optional initia
 
 The base provides the supervised MSE loss, ``train/loss``, ``val/psnr`` (and ``val/ssim`` for
 images) with a fixed data range, the timed test with one row per method in ``results.csv`` /
-``results.md``, and AdamW with a cosine schedule. Subclasses change what they need:
+``results.md`` (:mod:`lightning_recon.results`), and AdamW with a cosine schedule (:func:`with_schedule`,
+for any number of optimisers). Subclasses change what they need:
 ``training_step`` (unsupervised or adversarial losses), ``test_scores``/``summarise_test``
 (other per-sample scores), ``validation_extras``. Operators hold no state in checkpoints: they are
 rebuilt lazily per process and device, so checkpoints hold only weights and plain hyperparameters.
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import lightning as L
 import torch
@@ -33,8 +33,9 @@ from ..metrics import image_metrics, psnr, ssim
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
 from ..physics.geometry import Geometry2D
 from ..physics.operator import operator_from_dict, spec_from_dict
+from ..results import write_results_table
 
-__all__ = ["ReconstructionModule", "read_results_table", "validation_samples", "with_schedule", "write_results_table"]
+__all__ = ["ReconstructionModule", "TunedOnValidation", "validation_samples", "with_schedule"]
 
 SCHEDULERS = ("cosine", "cosine-time", "none")
 # Lightning warns whenever a module defines on_after_batch_transfer and a data module is used; ours
@@ -67,6 +68,12 @@ class ReconstructionModule(L.LightningModule):
     The operator inside the networks skips its NaN check (a host synchronisation per call, some
     20 per unrolled step); measurements are checked once where they enter, in ``forward``.
     """
+
+    # Settings that matter only while training: outside ``fit`` the CLI keeps a checkpoint's values
+    # of these without comparing them with the config's. A subclass (or mixin) adds its own in the
+    # same attribute; ``cli.py`` collects them over the class's MRO.
+    training_only_settings: Tuple[str, ...] = ("lr", "betas", "weight_decay", "scheduler", "channels_last",
+                                               "fused_optimizer")
 
     def __init__(
         self,
@@ -197,7 +204,10 @@ class ReconstructionModule(L.LightningModule):
         return pred
 
     def on_test_start(self) -> None:
-        """Build operators (matrix, ‖A‖) before the timed test steps."""
+        self.build_before_test()
+
+    def build_before_test(self) -> None:
+        """Build operators (matrix, ‖A‖) before the timed test steps: one reconstruction of zeros."""
         with torch.no_grad():
             zeros = torch.zeros(1, *self.operator.range_shape, device=self.device)
             self.reconstruct(self.measurement_batch(zeros))
@@ -241,11 +251,36 @@ def validation_samples(trainer, count: int):
     return torch.cat(measurements)[:count], torch.cat(truths)[:count]
 
 
-def with_schedule(optimizer: torch.optim.Optimizer, scheduler: str, trainer) -> Any:
-    """``optimizer`` alone (``"none"``) or with a per-step cosine schedule annealed to 0 over the
-    run's steps (``"cosine"``) or over its training-time budget ``max_time`` (``"cosine-time"``)."""
+class TunedOnValidation:
+    """Mixin of methods with parameters tuned on validation data before testing (the classical
+    baselines, the generative regulariser, ISTA): with the hyperparameter ``tune``, ``on_test_start``
+    passes the first ``tune_samples`` validation pairs, on the module's device, to ``tune_on``,
+    which records its choice in the hyperparameters. List it before :class:`ReconstructionModule`."""
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        if self.hparams.tune:
+            measurement, truth = validation_samples(self.trainer, self.hparams.tune_samples)
+            self.tune_on(measurement.to(self.device), truth.to(self.device))
+
+    def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> Any:
+        """Choose the parameters from validation measurements ``(N, *range)`` and truths ``(N, *domain)``."""
+        raise NotImplementedError
+
+
+def with_schedule(optimizers: Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]], scheduler: str, trainer,
+                  steps: Optional[Sequence[int]] = None) -> Any:
+    """Optimiser(s) with a per-step learning-rate schedule, in the form ``configure_optimizers`` returns.
+
+    ``"none"``: the optimiser(s) alone; ``"cosine"``: each annealed to 0 over its number of steps
+    (``steps``, one per optimiser; default: the run's ``estimated_stepping_batches``);
+    ``"cosine-time"``: each annealed to 0 over the training-time budget ``max_time``, whatever the
+    speed. One optimiser gives ``{"optimizer", "lr_scheduler"}``, several ``([optimizers], [schedulers])``.
+    """
     if scheduler == "none":
-        return optimizer
+        return optimizers
+    single = isinstance(optimizers, torch.optim.Optimizer)
+    optimizer_list = [optimizers] if single else list(optimizers)
     if scheduler == "cosine-time":
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         if timer is None or timer.time_remaining("train") is None:
@@ -255,63 +290,13 @@ def with_schedule(optimizer: torch.optim.Optimizer, scheduler: str, trainer) -> 
             elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, elapsed / max(elapsed + remaining, 1e-9))))
 
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, trainer.estimated_stepping_batches))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-# Column headings and number formats of the results table; other columns print with 4 digits.
-_HEADINGS = {"psnr": ("PSNR (dB)", ".2f"), "ssim": ("SSIM", ".3f"), "psnr_fixed": ("PSNR, fixed range", ".2f"),
-             "ssim_fixed": ("SSIM, fixed range", ".3f"), "nmse": ("NMSE (dB)", ".2f"), "f1": ("F1", ".3f"),
-             "seconds_per_image": ("s/image", ".4f"), "images": ("images", "d")}
-
-
-def read_results_table(directory: Path) -> Dict[str, Dict[str, str]]:
-    """The rows of ``directory/results.csv`` by method name (values as written; ``{}`` without a table)."""
-    csv_path = Path(directory) / "results.csv"
-    if not csv_path.exists():
-        return {}
-    with csv_path.open() as f:
-        return {row["method"]: row for row in csv.DictReader(f)}
-
-
-def write_results_table(directory: Path, row: Dict[str, Any]) -> Path:
-    """Insert or replace ``row`` (by method name) in ``results.csv`` and rewrite ``results.md``.
-
-    Columns are those of the rows in the table, in order of first appearance; ``<name>_std`` columns
-    print as ``mean ± std`` next to ``<name>``.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    csv_path = directory / "results.csv"
-    rows: List[Dict[str, Any]] = []
-    columns: List[str] = []
-    if csv_path.exists():
-        with csv_path.open() as f:
-            reader = csv.DictReader(f)
-            columns = list(reader.fieldnames or [])
-            rows = [r for r in reader if r["method"] != row["method"]]
-    columns += [k for k in row if k not in columns]
-    rows.append(dict(row))
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    shown = [c for c in columns if c != "method" and not (c.endswith("_std") and c[:-4] in columns)]
-    lines = ["| method | " + " | ".join(_HEADINGS.get(c, (c, ""))[0] for c in shown) + " |",
-             "|---" * (len(shown) + 1) + "|"]
-    for r in rows:
-        cells = [str(r["method"])]
-        for c in shown:
-            cells.append(_cell(r.get(c), _HEADINGS.get(c, (c, ".4g"))[1], r.get(f"{c}_std")))
-        lines.append("| " + " | ".join(cells) + " |")
-    (directory / "results.md").write_text("\n".join(lines) + "\n")
-    return directory / "results.md"
-
-
-def _cell(value: Any, fmt: str, std: Any = None) -> str:
-    if value in (None, ""):
-        return ""
-    value = int(float(value)) if fmt == "d" else float(value)
-    text = format(value, fmt)
-    return text if std in (None, "") else f"{text} ± {format(float(std), fmt)}"
+        schedules = [torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in optimizer_list]
+    else:
+        if steps is None:
+            steps = [max(1, trainer.estimated_stepping_batches)] * len(optimizer_list)
+        schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=count)
+                     for optimizer, count in zip(optimizer_list, steps)]
+    configs = [{"scheduler": schedule, "interval": "step"} for schedule in schedules]
+    if single:
+        return {"optimizer": optimizers, "lr_scheduler": configs[0]}
+    return optimizer_list, configs

@@ -15,26 +15,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from ..metrics import psnr
 from ..physics.fbp import FBP
 from ..physics.geometry import Geometry2D
-from .base import ReconstructionModule, validation_samples
-from .variational import tv_pdhg, tune_alpha
+from ..solvers.tv import tune_alpha, tv_pdhg
+from .base import ReconstructionModule, TunedOnValidation
 
 __all__ = ["FBPBaseline", "TVBaseline"]
 
 
-class _TunedBaseline(ReconstructionModule):
-    """Runs ``tune_on(measurement, truth)`` on validation samples before testing, if ``tune``."""
-
-    def on_test_start(self) -> None:
-        super().on_test_start()
-        if self.hparams.tune:
-            measurement, truth = validation_samples(self.trainer, self.hparams.tune_samples)
-            self.tune_on(measurement.to(self.device), truth.to(self.device))
-
-    def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> None:
-        raise NotImplementedError
-
-
-class FBPBaseline(_TunedBaseline):
+class FBPBaseline(TunedOnValidation, ReconstructionModule):
     """Filtered back-projection; with ``tune=True`` the filter and frequency scaling maximise the
     validation PSNR over ``filters`` × ``frequency_scalings``."""
 
@@ -59,7 +46,7 @@ class FBPBaseline(_TunedBaseline):
         return self.fbp(batch["measurement"])
 
 
-class TVBaseline(_TunedBaseline):
+class TVBaseline(TunedOnValidation, ReconstructionModule):
     """``argmin_x ½‖Ax − y‖² + α TV(x)``, x ≥ 0, by PDHG; ``tune=True`` picks α from ``alphas``
     by validation PSNR.
 

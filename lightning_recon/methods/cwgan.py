@@ -23,35 +23,24 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..nets import ConditionalCritic, ConditionalGenerator
-from .base import ReconstructionModule
+from ..nets import ConditionalGenerator, ConvCritic
+from .adversarial import WassersteinTraining
+from .base import ReconstructionModule, with_schedule
 
-__all__ = ["ConditionalWGAN", "gradient_penalty"]
+__all__ = ["ConditionalWGAN"]
 
 PREDICT_KEPT_SAMPLES = 4  # samples returned by predict_step next to mean and std
 
 
-def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, *conditions: torch.Tensor,
-                     weight: float = 10.0) -> torch.Tensor:
-    """WGAN-GP term ``weight · E[(‖∇_u D(u, c)‖₂ − 1)²]`` at ``u = ε·real + (1 − ε)·fake``,
-    ε ~ U(0, 1) per sample; the gradient is taken w.r.t. ``u (B, C, H, W)`` only, not the ``conditions``.
-    Differentiable w.r.t. the critic's parameters. Returns a scalar."""
-    if real.shape != fake.shape:
-        raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
-    epsilon = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
-    mixed = (epsilon * real.detach() + (1 - epsilon) * fake.detach()).requires_grad_(True)
-    (gradient,) = torch.autograd.grad(critic(mixed, *conditions).sum(), mixed, create_graph=True)
-    return weight * ((gradient.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
-class ConditionalWGAN(ReconstructionModule):
+class ConditionalWGAN(WassersteinTraining, ReconstructionModule):
     """Posterior sampling by a conditional WGAN-GP with a mini-discriminator critic.
 
     Training uses manual optimisation: every training step (batch) is one critic update, and
     every ``n_critic``-th also one generator update on the same batch. ``trainer.global_step``
     counts both (Lightning counts every optimiser step): with ``n_critic = 5`` a run of
-    ``max_steps = 60000`` makes 50000 critic and 10000 generator updates. The ``cosine`` schedule
-    anneals each optimiser over its share of ``max_steps``. Trainer-level gradient clipping is
+    ``max_steps = 60000`` makes 50000 critic and 10000 generator updates (:mod:`.adversarial`). The
+    ``cosine`` schedule anneals each optimiser over its share of ``max_steps``, ``cosine-time`` each
+    over the time budget ``max_time`` (:func:`~.base.with_schedule`). Trainer-level gradient clipping is
     not available under manual optimisation (leave ``gradient_clip_val`` unset).
 
     ``reconstruct`` (validation, test table) is the posterior mean over ``num_samples`` samples;
@@ -60,7 +49,7 @@ class ConditionalWGAN(ReconstructionModule):
     Args:
         noise_channels: channels of the per-pixel noise ``z`` of the generator.
         generator_channels: U-Net channels per scale of the generator.
-        critic_channels: channels per stage of the critic (see ``ConditionalCritic``).
+        critic_channels: channels per stage of the critic (see ``ConvCritic``).
         n_critic: critic updates per generator update (4–5).
         gp_weight: λ of the gradient penalty.
         num_samples: samples per measurement behind ``reconstruct`` (validation and test).
@@ -97,7 +86,7 @@ class ConditionalWGAN(ReconstructionModule):
             raise ValueError(f"sample_chunk must be >= 1, got {sample_chunk}")
         self.automatic_optimization = False
         self.generator = ConditionalGenerator(noise_channels, channels=tuple(generator_channels))
-        self.critic = ConditionalCritic(in_channels=3, channels=tuple(critic_channels))
+        self.critic = ConvCritic(in_channels=3, channels=tuple(critic_channels))  # a pair and the FBP
 
     # -- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -145,57 +134,28 @@ class ConditionalWGAN(ReconstructionModule):
         real = torch.cat([torch.where(truth_first, truth, sample_1), torch.where(truth_first, sample_1, truth)], dim=1)
         return real, torch.cat([sample_1, sample_2], dim=1)
 
-    def _is_generator_turn(self) -> bool:
-        """True on the ``n_critic``-th critic step of each cycle; from ``global_step`` so it survives resumes."""
-        n_critic = self.hparams.n_critic
-        return self.global_step % (n_critic + 1) == n_critic - 1
-
     def training_step(self, batch, batch_idx):
-        generator_optimizer, critic_optimizer = self.optimizers()
         fbp, truth = batch["fbp"], batch["ground_truth"]
-        size = len(truth)
-        generator_turn = self._is_generator_turn()
 
-        with torch.no_grad():
-            real, fake = self.pairs(truth, self.generator(fbp), self.generator(fbp))
-        wasserstein = self.critic(real, fbp).mean() - self.critic(fake, fbp).mean()
-        penalty = gradient_penalty(self.critic, real, fake, fbp, weight=self.hparams.gp_weight)
-        critic_loss = penalty - wasserstein
-        critic_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(critic_loss)
-        critic_optimizer.step()
-        self._step_scheduler(1)
-        self.log_dict({"train/critic_loss": critic_loss, "train/wasserstein": wasserstein,
-                       "train/gradient_penalty": penalty}, prog_bar=False, batch_size=size)
+        def pairs() -> Tuple[torch.Tensor, torch.Tensor]:
+            return self.pairs(truth, self.generator(fbp), self.generator(fbp))
 
-        if generator_turn:
-            self.toggle_optimizer(generator_optimizer)
-            real, fake = self.pairs(truth, self.generator(fbp), self.generator(fbp))
-            generator_loss = self.critic(real, fbp).mean() - self.critic(fake, fbp).mean()
-            generator_optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(generator_loss)
-            generator_optimizer.step()
-            self.untoggle_optimizer(generator_optimizer)
-            self._step_scheduler(0)
-            self.log("train/generator_loss", generator_loss, prog_bar=True, batch_size=size)
+        def generator_loss() -> torch.Tensor:
+            real, fake = pairs()
+            return self.critic(real, fbp).mean() - self.critic(fake, fbp).mean()
 
-    def _step_scheduler(self, index: int) -> None:
-        """Advance the schedule of optimiser ``index`` (0: generator, 1: critic), if there is one."""
-        schedulers = self.lr_schedulers()
-        if schedulers:
-            schedulers[index].step()
+        self.wasserstein_step(pairs, generator_loss, (fbp,), len(truth))
 
     def configure_optimizers(self):
         betas = tuple(self.hparams.betas)
         optimizers = [torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
                       torch.optim.Adam(self.critic.parameters(), lr=self.hparams.lr, betas=betas)]
-        if self.hparams.scheduler == "none":
-            return optimizers
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError("scheduler='cosine' needs a finite trainer.max_steps (or max_epochs)")
-        n_critic = self.hparams.n_critic
-        generator_steps = max(1, int(total_steps) // (n_critic + 1))
-        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-                      for optimizer, steps in zip(optimizers, (generator_steps, generator_steps * n_critic))]
-        return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]
+        steps = None
+        if self.hparams.scheduler == "cosine":
+            total_steps = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total_steps):
+                raise ValueError("scheduler='cosine' needs a finite trainer.max_steps (or max_epochs)")
+            n_critic = self.hparams.n_critic
+            generator_steps = max(1, int(total_steps) // (n_critic + 1))
+            steps = (generator_steps, generator_steps * n_critic)
+        return with_schedule(optimizers, self.hparams.scheduler, self.trainer, steps)

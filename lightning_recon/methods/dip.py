@@ -3,7 +3,7 @@
 ``θ* = argmin_θ ‖A f_θ(z) − y‖² / m + γ TV(f_θ(z)) / n``, ``x̂ = f_θ(z)`` at the lowest loss seen,
 or, with the automatic early stop, at the minimum of the iterates' windowed moving variance (DIP
 over-fits noise when run long, so the last iterate is not returned). ``z`` is fixed noise or the
-FBP of ``y``; ``f_θ`` starts random or from pre-trained weights (EDIP).
+(uncut) FBP of ``y``; ``f_θ`` starts random or from pre-trained weights (EDIP).
 """
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..metrics import psnr, ssim
 from ..nets import DeepDecoder, UNet
-from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import Geometry
-from .base import ReconstructionModule
+from ..solvers.tv import total_variation
 from .callbacks import gray_to_rgb_uint8, publish_panels
-from .variational import total_variation
+from .single_measurement import UNCUT_FBP_FILTER, UNCUT_FBP_FREQUENCY_SCALING, SingleMeasurementModule
 
 __all__ = ["DeepImagePrior", "RepeatedMeasurement"]
 
@@ -41,11 +39,11 @@ class RepeatedMeasurement(Dataset):
         return DataLoader(self, batch_size=1, shuffle=False)
 
 
-class DeepImagePrior(ReconstructionModule):
+class DeepImagePrior(SingleMeasurementModule):
     """DIP reconstruction of one sinogram ``(1, 1, A, D)``; fit it with ``trainer.fit(model, loader)``.
 
-    A :class:`ReconstructionModule` whose training is the per-measurement optimisation; the settings
-    of the base not listed here (scheduler, results table, …) keep their defaults.
+    A :class:`SingleMeasurementModule`: its training is the per-measurement optimisation; the settings
+    of the base not listed here keep their defaults.
 
     Args:
         geometry: the measurement geometry (dict of numbers).
@@ -56,6 +54,8 @@ class DeepImagePrior(ReconstructionModule):
         network_input: ``"noise"`` (fixed, seeded) or ``"fbp"`` (EDIP's choice); U-Net only.
         tv_weight: γ of the TV term (per pixel), 0 for plain DIP.
         lr: Adam learning rate.
+        fbp_filter, fbp_frequency_scaling: the FBP of the input and of ``image_scale``; by default
+            the uncut FBP (Hann, 1.0), which keeps the scan's detail.
         lr_warmup: ramp the learning rate linearly over this many first iterations (0: none). Adam's
             first steps move every weight by about ``lr`` whatever its gradient, which undoes much
             of a pre-trained (EDIP) start.
@@ -74,6 +74,8 @@ class DeepImagePrior(ReconstructionModule):
             PSNR/SSIM logging (once per Lightning step); not used by the optimisation.
     """
 
+    training_only_settings = ("lr_warmup",)
+
     def __init__(
         self,
         geometry: Union[Dict[str, Any], Geometry],
@@ -86,8 +88,8 @@ class DeepImagePrior(ReconstructionModule):
         lr_warmup: int = 0,
         pretrained: Optional[str] = None,
         seed: int = 0,
-        fbp_filter: str = DEFAULT_FBP_FILTER,
-        fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
+        fbp_filter: str = UNCUT_FBP_FILTER,
+        fbp_frequency_scaling: float = UNCUT_FBP_FREQUENCY_SCALING,
         data_loss: str = "mse",
         photons: float = 1e4,
         early_stop_window: int = 0,
@@ -95,8 +97,6 @@ class DeepImagePrior(ReconstructionModule):
         snapshot_every: int = 0,
         iterations_per_step: int = 1,
     ):
-        super().__init__(geometry, lr=lr, scheduler="none", fbp_filter=fbp_filter,
-                         fbp_frequency_scaling=fbp_frequency_scaling, results_dir=None)
         if network not in ("unet", "deep-decoder"):
             raise ValueError(f"network must be 'unet' or 'deep-decoder', got {network!r}")
         if network == "deep-decoder" and network_input == "fbp":
@@ -111,9 +111,9 @@ class DeepImagePrior(ReconstructionModule):
             raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
         if iterations_per_step < 1:
             raise ValueError(f"iterations_per_step must be >= 1, got {iterations_per_step}")
+        super().__init__(geometry, lr=lr, fbp_filter=fbp_filter, fbp_frequency_scaling=fbp_frequency_scaling)
         self.automatic_optimization = False  # DIP iterations are Adam steps inside training_step
         self.save_hyperparameters(dict(self.hparams, channels=list(channels), skip_channels=list(skip_channels)))
-        self.save_hyperparameters({"network_input": network_input})
         if network == "deep-decoder":
             self.net = DeepDecoder(self.geometry.image_shape, channels=tuple(channels))
         else:
@@ -122,10 +122,8 @@ class DeepImagePrior(ReconstructionModule):
             state = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"]
             weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
             self.net.load_state_dict(weights)
-        self.reference: Optional[torch.Tensor] = None
         self.best_loss = float("inf")
         self.best_image: Optional[torch.Tensor] = None
-        self.losses: list = []
         self.stopped_at: Optional[int] = None
         self._window: list = []
         self._best_variance = (float("inf"), 0)
@@ -145,7 +143,7 @@ class DeepImagePrior(ReconstructionModule):
         """The iteration (1-based) of the moving-variance minimum, None before the first full window."""
         return self._best_variance[1] or None
 
-    def network_input(self, y: torch.Tensor) -> torch.Tensor:
+    def fixed_input(self, y: torch.Tensor) -> torch.Tensor:
         """The fixed input ``z`` (scaled to O(1)); also fixes ``image_scale`` = max of the FBP."""
         if not hasattr(self, "_input") or self._input.device != y.device:
             if not bool(torch.isfinite(y).all()):
@@ -162,11 +160,7 @@ class DeepImagePrior(ReconstructionModule):
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The current network image in the units of the measurement's image (the network works at O(1))."""
-        return self.net(self.network_input(batch["measurement"])) * self.image_scale
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """``reconstruct`` from the sinogram ``(1, 1, A, D)`` (checked once, when the input is made)."""
-        return self.reconstruct({"measurement": y})
+        return self.net(self.fixed_input(batch["measurement"])) * self.image_scale
 
     def training_step(self, y: torch.Tensor, batch_idx: int):
         """``iterations_per_step`` DIP iterations (fewer at the end of ``max_steps``), each an Adam
@@ -198,11 +192,7 @@ class DeepImagePrior(ReconstructionModule):
         self._read_back(torch.stack(losses), torch.stack(best_steps), start)
         self.log("train/loss", loss, prog_bar=True, batch_size=1)
         self.log("train/data_loss", data_loss, batch_size=1)
-        if self.reference is not None:
-            ref = self.reference.to(x.device)[None, None]
-            data_range = float(ref.max() - ref.min())
-            self.log("train/psnr", psnr(x.detach(), ref, data_range).mean(), prog_bar=True, batch_size=1)
-            self.log("train/ssim", ssim(x.detach(), ref, data_range).mean(), batch_size=1)
+        self.log_reference_scores(x)
 
     def _record(self, loss: torch.Tensor, x: torch.Tensor, step: int) -> None:
         """Best-loss iterate and ES-WMV state on the device, frozen once the early stop has fired."""

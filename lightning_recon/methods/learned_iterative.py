@@ -11,19 +11,27 @@ from .base import ReconstructionModule
 __all__ = ["LearnedGD", "LearnedPD"]
 
 
+def _renamed_norm_buffer(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before the buffer's rename store it as ``operator_norm``."""
+    if prefix + "operator_norm" in state_dict:
+        state_dict[prefix + "cached_operator_norm"] = state_dict.pop(prefix + "operator_norm")
+
+
 class _UnrolledModule(ReconstructionModule):
-    """Holds ‖A‖ as a persistent buffer: computed once on first use, then saved with the weights."""
+    """Holds ‖A‖ as a persistent buffer ``cached_operator_norm``: computed once on first use (by
+    ``self.operator.operator_norm()``), then saved with the weights."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.register_buffer("operator_norm", torch.zeros(()))
+        self.register_buffer("cached_operator_norm", torch.zeros(()))
+        self.register_load_state_dict_pre_hook(_renamed_norm_buffer)
 
     def _normalised_net(self):
         """The network with ``op_norm`` set; reads the buffer once (one host synchronisation per run)."""
         if self.__dict__.get("_op_norm_value") is None:
-            if float(self.operator_norm) == 0.0:
-                self.operator_norm.fill_(self.operator.operator_norm())
-            self.__dict__["_op_norm_value"] = float(self.operator_norm)
+            if float(self.cached_operator_norm) == 0.0:
+                self.cached_operator_norm.fill_(self.operator.operator_norm())
+            self.__dict__["_op_norm_value"] = float(self.cached_operator_norm)
         self.net.op_norm = self.__dict__["_op_norm_value"]
         return self.net
 

@@ -8,44 +8,17 @@ neuron positions; the test table has NMSE, F1 and the time per sample.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..metrics import detection_scores, find_peaks, set_nmse_db
-from ..nets.lista import LISTA, shrink
-from .base import ReconstructionModule, validation_samples
+from ..nets.lista import LISTA
+from ..solvers.ista import ista
+from .base import ReconstructionModule, TunedOnValidation
 
-__all__ = ["ISTABaseline", "LearnedISTA", "SparseRecoveryModule", "ista"]
-
-
-@torch.no_grad()
-def ista(operator, y: torch.Tensor, sparsity_weight: float, iterations: int, nonnegative: bool = True,
-         accelerated: bool = False, step: Optional[float] = None,
-         callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
-    """``argmin_x ½‖A x − y‖² + λ‖x‖₁`` (and ``x ≥ 0``) by ISTA, or FISTA with ``accelerated``.
-
-    Step ``η = 1/‖A‖²`` by default; ``callback(k, x_k)`` runs after iteration ``k = 1 … iterations``.
-    ``y (B, *range)`` -> ``x (B, *domain)``, starting from zero.
-    """
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    step = step if step is not None else 1.0 / operator.operator_norm() ** 2
-    x = y.new_zeros((y.shape[0], *operator.domain_shape))
-    z, t = x, 1.0
-    for k in range(1, iterations + 1):
-        x_next = shrink(z - step * operator.adjoint(operator(z) - y), step * sparsity_weight, nonnegative)
-        if accelerated:
-            t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-            z = x_next + ((t - 1) / t_next) * (x_next - x)
-            t = t_next
-        else:
-            z = x_next
-        x = x_next
-        if callback is not None:
-            callback(k, x)
-    return x
+__all__ = ["ISTABaseline", "LearnedISTA", "SparseRecoveryModule"]
 
 
 class SparseRecoveryModule(ReconstructionModule):
@@ -137,8 +110,9 @@ class LearnedISTA(SparseRecoveryModule):
         return loss
 
 
-class ISTABaseline(SparseRecoveryModule):
-    """ISTA / FISTA with ``iterations`` steps; nothing to train (run ``train.py test``).
+class ISTABaseline(TunedOnValidation, SparseRecoveryModule):
+    """ISTA / FISTA (:func:`~lightning_recon.solvers.ista`) with ``iterations`` steps; nothing to
+    train (run ``train.py test``).
 
     With ``tune=True`` the sparsity weight λ is chosen from ``sparsity_weights`` by mean
     validation NMSE on the first ``tune_samples`` samples before testing.
@@ -158,11 +132,7 @@ class ISTABaseline(SparseRecoveryModule):
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         return self.solve(batch["measurement"], self.hparams.sparsity_weight)
 
-    def on_test_start(self) -> None:
-        super().on_test_start()  # ‖A‖ outside the timed steps
-        if not self.hparams.tune:
-            return
-        y, x = (t.to(self.device) for t in validation_samples(self.trainer, self.hparams.tune_samples))
+    def tune_on(self, y: torch.Tensor, x: torch.Tensor) -> None:
         errors = {lam: set_nmse_db((self.solve(y, lam) - x).pow(2).sum(), x.pow(2).sum())
                   for lam in self.hparams.sparsity_weights}
         best = min(errors, key=errors.get)

@@ -1,10 +1,11 @@
 """Plain ``nn.Module`` architectures (no Lightning); operators come in as arguments."""
-from .critic import ConditionalCritic
+from .conditional_generator import ConditionalGenerator
+from .critic import ConvCritic
 from .deep_decoder import DeepDecoder
-from .generative import ImageDecoder, ImageEncoder
-from .generator import ConditionalGenerator
+from .latent_decoder import ImageDecoder, ImageEncoder
 from .lista import LISTA
 from .unet import UNet
 from .unrolled import LearnedGradientDescent, LearnedPrimalDual
 
-__all__ = ["ConditionalCritic", "DeepDecoder", "ImageDecoder", "ImageEncoder", "ConditionalGenerator", "LISTA", "LearnedGradientDescent", "LearnedPrimalDual", "UNet"]
+__all__ = ["ConditionalGenerator", "ConvCritic", "DeepDecoder", "ImageDecoder", "ImageEncoder", "LISTA",
+           "LearnedGradientDescent", "LearnedPrimalDual", "UNet"]

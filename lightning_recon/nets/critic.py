@@ -6,12 +6,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ConditionalCritic"]
+from .layers import LEAKY_SLOPE, group_norm
 
-LEAKY_SLOPE = 0.2
+__all__ = ["ConvCritic"]
 
 
-class ConditionalCritic(nn.Module):
+class ConvCritic(nn.Module):
     """Strided-convolution critic: ``(B, C, H, W) -> (B,)`` unbounded scores, any ``H, W``.
 
     A 3 × 3 stem to ``channels[0]``, then one stride-2 3 × 3 convolution per further entry of
@@ -21,7 +21,8 @@ class ConditionalCritic(nn.Module):
     couple.
 
     ``forward(image, *conditions)`` concatenates its inputs along the channel axis, e.g.
-    ``critic(reconstruction, fbp)``; the channels must add up to ``in_channels``.
+    ``critic(reconstruction, fbp)`` (a conditional critic) or ``critic(image)`` (none); the channels
+    must add up to ``in_channels``.
 
     Args:
         in_channels: channels of all inputs together.
@@ -39,7 +40,7 @@ class ConditionalCritic(nn.Module):
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
             if layer_norm:
-                layers.append(nn.GroupNorm(1, c_out))
+                layers.append(group_norm(c_out, groups=1))
             layers.append(nn.LeakyReLU(LEAKY_SLOPE))
         self.features = nn.Sequential(*layers)
         self.score = nn.Linear(channels[-1], 1)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import group_norm
+
 __all__ = ["DeepDecoder"]
 
 
@@ -41,7 +43,7 @@ class DeepDecoder(nn.Module):
         self.layers = nn.ModuleList()
         for c_in, c_out in zip(channels, list(channels[1:]) + [channels[-1]]):
             self.layers.append(nn.ModuleDict({"mix": nn.Conv2d(c_in, c_out, 1, bias=False),
-                                              "norm": nn.GroupNorm(c_out, c_out)}))
+                                              "norm": group_norm(c_out, groups=c_out)}))  # per channel
         self.head = nn.Conv2d(channels[-1], out_channels, 1)
         self.in_channels = int(channels[0])
 

@@ -6,14 +6,9 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["LISTA", "shrink"]
+from ..solvers.ista import shrink
 
-
-def shrink(x: torch.Tensor, threshold: torch.Tensor, nonnegative: bool) -> torch.Tensor:
-    """Proximal map of ``θ‖x‖₁`` (soft thresholding), or of ``θ‖x‖₁ + ι(x ≥ 0)`` (``ReLU(x − θ)``)."""
-    if nonnegative:
-        return torch.relu(x - threshold)
-    return torch.sign(x) * torch.relu(x.abs() - threshold)
+__all__ = ["LISTA"]
 
 
 class LISTA(nn.Module):
@@ -24,7 +19,7 @@ class LISTA(nn.Module):
     model or a convolutional dictionary, a learned matrix for a dense one) and ``θ_k`` learned
     thresholds, one per channel (per depth of a volume). ``A`` itself stays the physics. With its
     initial weights, ``W_k = η Aᵀ`` and ``θ_k = η λ``, the network *is* ``K`` iterations of ISTA
-    with step ``η = 1/‖A‖²``; training improves on that (Gregor & LeCun 2010).
+    with step ``η = 1/‖A‖²`` (:func:`~lightning_recon.solvers.ista`); training improves on that (Gregor & LeCun 2010).
 
     Args:
         operator: a :class:`~lightning_recon.physics.operator.WeightedOperator` (``weight``,

@@ -1,24 +1,22 @@
 """U-Nets: FBPConvNet-style post-processing and the Deep Image Prior encoder-decoder."""
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNet"]
+from .layers import LEAKY_SLOPE, group_norm
 
-MAX_NORM_GROUPS = 8
-LEAKY_SLOPE = 0.2
+__all__ = ["UNet"]
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
-        return nn.GroupNorm(num_groups=math.gcd(channels, MAX_NORM_GROUPS), num_channels=channels)
+        return group_norm(channels)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"norm must be 'batch', 'group' or 'none', got {kind!r}")
@@ -55,7 +53,7 @@ class UNet(nn.Module):
         skip_channels: channels of the skip connection at each scale (0 = no skip; a 1 × 1 conv maps
             the encoder features to this width). Default: the encoder features themselves, unchanged.
             The Deep Image Prior uses ``(4,) * 5``. The entry of the coarsest scale is unused.
-        norm: ``"batch"``, ``"group"`` (GroupNorm with up to 8 groups) or ``"none"``.
+        norm: ``"batch"``, ``"group"`` (GroupNorm, groups by :func:`~.layers.norm_groups`) or ``"none"``.
         downsample: ``"conv"`` (stride-2 3 × 3 convolution, as in the Deep Image Prior) or
             ``"maxpool"`` (2 × 2 max pooling, as in FBPConvNet).
         residual: return ``x + net(x)`` (needs ``in_channels == out_channels``).

@@ -5,8 +5,7 @@ from .geometry import ConeBeam3D, FanBeam2D, Geometry, Geometry2D, ParallelBeam2
 from .lightfield import LightFieldGeometry, LightFieldModel
 from .linear import ConvolutionalDictionary, MatrixOperator, SparseCodingProblem
 from .noise import LODOPAB_MU_MAX, GaussianNoise, PoissonNoise
-from .operator import (AdjointOperator, LinearOperator, WeightedOperator, operator_from_dict, registered_operators,
-                       spec_from_dict)
+from .operator import AdjointOperator, LinearOperator, WeightedOperator, operator_from_dict, spec_from_dict
 from .ray_transform import BACKENDS, RayTransform, astra_cuda_available
 
 __all__ = [
@@ -33,6 +32,5 @@ __all__ = [
     "astra_cuda_available",
     "geometry_from_dict",
     "operator_from_dict",
-    "registered_operators",
     "spec_from_dict",
 ]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 __all__ = ["AdjointOperator", "LinearOperator", "WeightedOperator", "operator_from_dict", "register_operator",
-           "registered_operators", "spec_from_dict"]
+           "spec_from_dict"]
 
 
 class _Apply(torch.autograd.Function):
@@ -229,10 +229,6 @@ def register_operator(type_name: str, parse: Callable[[dict], Any], build: Calla
             it) and ``check_finite``.
     """
     _REGISTRY[type_name] = (parse, build)
-
-
-def registered_operators() -> Tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
 
 
 def _entry(spec: Union[dict, Any]):

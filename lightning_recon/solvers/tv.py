@@ -1,6 +1,6 @@
-"""Total-variation regularised reconstruction by PDHG (Chambolle & Pock 2011), batched in torch.
+"""Total variation and TV-regularised reconstruction by PDHG (Chambolle & Pock 2011), batched in torch.
 
-Solves ``argmin_x ½‖Ax − y‖² + α TV(x)`` (optionally subject to ``x ≥ 0``) for a whole batch of
+:func:`tv_pdhg` solves ``argmin_x ½‖Ax − y‖² + α TV(x)`` (optionally subject to ``x ≥ 0``) for a whole batch of
 sinograms at once, on the tensor's device, with TV on forward differences (zero flux at the border).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (a VAE's decoder and encoder, a GAN's generator), for images ``(1, H, W)``.
 
 Plain ``nn.Module`` s with no operator: a generator trained on images alone is a prior for any
-forward model (``methods/generative.py``).
+forward model (``solvers/generative.py``, ``methods/generative_priors.py``).
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ImageDecoder", "ImageEncoder", "coarsest_shape"]
+from .layers import LEAKY_SLOPE, MAX_NORM_GROUPS, group_norm
 
-LEAKY_SLOPE = 0.2
+__all__ = ["ImageDecoder", "ImageEncoder", "coarsest_shape"]
 
 
 def coarsest_shape(image_shape: Sequence[int], stages: int) -> Tuple[int, int]:
@@ -42,9 +42,9 @@ def _checked(latent_dim: int, image_shape: Sequence[int], channels: Sequence[int
 
 
 def _norm(channels: int) -> nn.Module:
-    """Per-sample normalisation (``GroupNorm``): the same in training and evaluation, and one
-    sample's output never depends on the others of its batch (batched reconstruction)."""
-    return nn.GroupNorm(min(8, channels), channels)
+    """:func:`~.layers.group_norm` with ``min(8, channels)`` groups, the count these networks were
+    trained with (equal to the shared rule for 1, 2, 4 and multiples of 8 channels)."""
+    return group_norm(channels, min(MAX_NORM_GROUPS, channels))
 
 
 class ImageDecoder(nn.Module):

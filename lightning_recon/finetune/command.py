@@ -1,0 +1,80 @@
+"""``finetune.py``'s entry point, :func:`main`, and its one-slice run (``--slice`` of an .h5 scan,
+or the sinogram of an .npz / .npy file); ``--slices`` is :mod:`.slices`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from ..messages import exit_with_error
+from .arguments import PROGRAM, argument_problems, parse_arguments
+from .fitting import NETWORK_LABELS, fit_slice, returned_iterate, run_logger
+from .inputs import center_offset, input_errors_end_the_run, read_slice
+from .outputs import reference_metrics, save_image, save_loss_plot, save_preview, write_summary
+from .slices import finetune_slices
+
+__all__ = ["finetune_one_slice", "main"]
+
+
+def main(args: Optional[List[str]] = None) -> dict:
+    """Entry point of ``finetune.py``: Deep Image Prior (+TV) on one real measurement, or on several
+    slices of a scan in turn (``--slices``: each warm-started from the previous slice's network,
+    resumable in the same ``--out``). Returns the summary.
+
+    ``python finetune.py scan.h5 --slice 0 --num-angles 30 --iterations 2000 --out outputs/finetune``
+    ``python finetune.py scan.h5 --slices all --num-angles 30 --iterations 500 --out outputs/scan``
+    """
+    opts = parse_arguments(args, description=main.__doc__)
+    problems = argument_problems(opts)
+    if problems:
+        exit_with_error(PROGRAM, "; ".join(problems))
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    if opts.slices is not None:
+        return finetune_slices(opts)
+    return finetune_one_slice(opts)
+
+
+def finetune_one_slice(opts) -> dict:
+    """One measurement: recon.npy / .tif, preview.png, loss.png and summary.json (also printed);
+    an interrupt saves the best iterate so far and ends with status 130. Returns the summary."""
+    row = 0 if opts.slice is None else opts.slice
+    offset = center_offset(opts)
+
+    def reference_file(index: int) -> np.ndarray:  # --reference FILE: one image, whatever the row
+        return np.load(opts.reference)
+
+    references = None if opts.reference in (None, "full-fbp") else reference_file
+    with input_errors_end_the_run(opts.debug):  # every input is read and checked before any folder or work
+        scan, reference = read_slice(opts, row, offset, references)
+    if reference is not None and tuple(reference.shape) != tuple(scan.geometry.image_shape):
+        exit_with_error(PROGRAM, f"--reference has shape {tuple(reference.shape)}, "
+                        f"the reconstruction {tuple(scan.geometry.image_shape)}")
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fitted = fit_slice(opts, scan, reference, opts.iterations, run_logger(opts, out))
+    model = fitted.model
+    if fitted.image is None:
+        exit_with_error(PROGRAM, "interrupted before the first iteration; nothing to save", 130)
+
+    save_image(out, fitted.image)
+    save_preview(out, [("", fitted.fbp.numpy(), fitted.image.numpy(), None if reference is None else reference.numpy())],
+                 NETWORK_LABELS[opts.network], inches=4)
+    save_loss_plot(out, model.losses)
+    summary = reference_metrics(fitted.image, fitted.fbp, reference)
+    if opts.network == "analytic":
+        summary.update(best_loss=min(model.losses), returned_iterate=returned_iterate(model))
+    else:
+        summary.update(best_loss=model.best_loss, stopped_early_at=model.stopped_at,
+                       returned_iterate=returned_iterate(model), moving_variance_minimum_at=model.early_stop_iteration)
+    summary.update(iterations=len(model.losses), input=opts.input, sinogram_shape=list(scan.data.shape),
+                   interrupted=fitted.interrupted)
+    write_summary(out, summary)
+    print(json.dumps(summary, indent=2))
+    if fitted.interrupted:
+        exit_with_error(PROGRAM, f"interrupted after {len(model.losses)} iterations; the best iterate so far is "
+                        f"saved in {out}", 130)
+    return summary

@@ -1,0 +1,78 @@
+"""What ``finetune.py`` reads: the sinogram of one detector row of a scan (or the one sinogram of
+an .npz / .npy file), its reference image, and the uncut FBP of references and previews. A bad
+input ends the program with one line (``--debug``: the traceback)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional, Tuple, Union
+
+import h5py
+import numpy as np
+import torch
+
+from ..data.real import Sinogram, load_data_exchange, load_sinogram
+from ..messages import exit_with_error
+from ..methods.single_measurement import UNCUT_FBP_FILTER, UNCUT_FBP_FREQUENCY_SCALING
+from ..physics.fbp import FBP
+from .arguments import PROGRAM, is_scan
+
+__all__ = ["as_reference", "center_offset", "input_errors_end_the_run", "read_slice", "scan_rows", "uncut_fbp"]
+
+
+@contextlib.contextmanager
+def input_errors_end_the_run(debug: bool):
+    """A ValueError or OSError (an unreadable or unfit input) inside the block ends the program with
+    its message on one line; with ``debug`` it propagates (the traceback)."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        if debug:
+            raise
+        exit_with_error(PROGRAM, str(error))
+
+
+def center_offset(opts) -> Union[float, str]:
+    """``--center-offset`` in pixels, or ``"auto"``."""
+    return opts.center_offset if opts.center_offset == "auto" else float(opts.center_offset)
+
+
+def uncut_fbp(geometry, sinogram: np.ndarray) -> torch.Tensor:
+    """The uncut FBP (Hann, frequency scaling 1: the FBP the priors start from) of one sinogram
+    ``(A, D)``: an image ``(H, W)``."""
+    fbp = FBP(geometry, UNCUT_FBP_FILTER, UNCUT_FBP_FREQUENCY_SCALING)
+    return fbp(torch.from_numpy(sinogram)[None, None])[0, 0]
+
+
+def as_reference(image) -> torch.Tensor:
+    """A reference image (any array) as a float32 tensor."""
+    return torch.from_numpy(np.array(image, dtype=np.float32))
+
+
+def read_slice(opts, row: int, offset, references: Optional[Callable[[int], np.ndarray]] = None
+               ) -> Tuple[Sinogram, Optional[torch.Tensor]]:
+    """The sinogram of detector row ``row`` of an .h5 scan (of an .npz / .npy file: its one
+    sinogram), then its reference: the uncut FBP from all the scan's angles for ``--reference
+    full-fbp``, else ``references(row)``, else None."""
+    if is_scan(opts.input):
+        scan = load_data_exchange(opts.input, row, opts.angle_step, opts.binning, offset, num_angles=opts.num_angles)
+    else:
+        scan = load_sinogram(opts.input, 0.0 if offset == "auto" else offset, angle_unit=opts.angle_unit,
+                             angle_step=opts.angle_step)
+    if opts.reference == "full-fbp":
+        full = load_data_exchange(opts.input, row, 1, opts.binning, offset)
+        return scan, uncut_fbp(full.geometry, full.data)
+    return scan, None if references is None else as_reference(references(row))
+
+
+def scan_rows(path: str) -> int:
+    """Detector rows of a Data Exchange scan (what is wrong with the file, named by ``load_data_exchange``)."""
+    try:
+        with h5py.File(path, "r") as f:
+            data = f.get("exchange/data")
+            rows = data.shape[1] if isinstance(data, h5py.Dataset) and data.ndim == 3 else None
+    except OSError:
+        rows = None
+    if rows is None:
+        load_data_exchange(path, 0)  # raises, naming the problem
+        raise ValueError(f"{path} is not a Data Exchange scan")
+    return int(rows)
