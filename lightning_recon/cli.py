@@ -9,22 +9,19 @@ The model's geometry is linked from the data module, so the two never disagree (
 or target a chosen class lacks are skipped); the full resolved config is saved next to the run and
 sent to the logger.
 
-A config file may start from others: a top-level ``compose:`` list of config files (relative to its
-own folder) is read first, in order, and the file then overrides them (``expand_compose``).
+Config files may compose others (``compose.expand_compose``); without a named data class the
+simulated ellipses are used (``compose.with_default_data``); the W&B mode never waits on an
+unreachable server (``wandb_mode``). Here: the CLI itself and its reconciliation of ``--ckpt_path``
+with the configs.
 """
 from __future__ import annotations
 
-import itertools
-import netrc
 import os
-import re
-import socket
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import List, Optional
-from urllib.parse import urlparse
 
 import lightning as L
 import torch
@@ -35,52 +32,14 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpointing import AtomicCheckpointIO
+from .compose import expand_compose, with_default_data
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
 from .messages import exit_with_error
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels
+from .wandb_mode import default_wandb_mode
 
-__all__ = ["ReconCLI", "cli_main", "default_wandb_mode", "expand_compose"]
-
-
-def default_wandb_mode(probe_seconds: float = 3.0) -> str:
-    """The W&B mode a run uses: ``offline``/``disabled`` when ``WANDB_MODE`` says so; ``online``
-    (``WANDB_MODE=online``, or unset with W&B credentials) only when the W&B server answers a TCP
-    connection within ``probe_seconds``, otherwise ``offline`` with one warning, so that a run on a
-    machine without network never waits on the server; ``offline`` without credentials."""
-    mode = os.environ.get("WANDB_MODE")
-    if mode and mode != "online":
-        return mode
-    if mode != "online" and not _wandb_credentials():
-        return "offline"
-    if _wandb_server_reachable(probe_seconds):
-        return "online"
-    warnings.warn("W&B server unreachable: logging offline instead (upload later with `wandb sync`)", stacklevel=2)
-    return "offline"
-
-
-def _wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return bool(netrc.netrc().authenticators(urlparse(_wandb_url()).hostname or "api.wandb.ai"))
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def _wandb_url() -> str:
-    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-
-
-def _wandb_server_reachable(timeout: float) -> bool:
-    """A TCP connection to the W&B server (``WANDB_BASE_URL``) within ``timeout`` seconds."""
-    url = urlparse(_wandb_url())
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+__all__ = ["ReconCLI", "cli_main", "training_only_settings"]
 
 
 class LoggedSaveConfig(SaveConfigCallback):
@@ -298,138 +257,6 @@ class ReconCLI(LightningCLI):
         # TF32 for float32 matrix products on GPUs that have it (convolutions already use it by
         # default); the ray transform's sparse products are unaffected and stay float32.
         torch.set_float32_matmul_precision("high")
-
-
-CONFIG_OPTIONS = ("--config", "-c")  # LightningCLI's config-file option (on the top level and per subcommand)
-_COMPOSE_KEY = re.compile(r"compose\s*:")
-
-
-def _read_config(path: Path):
-    """The YAML mapping in ``path`` (None if unreadable or not a mapping: jsonargparse reports it)."""
-    import yaml
-
-    try:
-        content = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return content if isinstance(content, dict) else None
-
-
-def _without_compose(path: Path, content: dict) -> Optional[str]:
-    """The text of ``path`` with its top-level ``compose:`` entry blanked out (other lines, comments
-    and line numbers as they were); None when nothing else is left."""
-    import yaml
-
-    lines, skipping = [], False
-    for line in path.read_text().splitlines(keepends=True):
-        if skipping and (not line.strip() or line[0] in " \t-#"):
-            lines.append("\n")  # the entry's items, continuation lines and the comments among them
-            continue
-        skipping = bool(_COMPOSE_KEY.match(line))
-        lines.append("\n" if skipping else line)
-    text = "".join(lines)
-    rest = {key: value for key, value in content.items() if key != "compose"}
-    if (yaml.safe_load(text) or {}) != rest:  # any spelling the line edit does not handle
-        exit_with_error("train.py", f"{path}: write compose: as a top-level YAML list (compose: [a.yaml, b.yaml] or "
-                          "one '- path' per line)")
-    return text if rest else None
-
-
-def expand_compose(args: List[str], folder: Path) -> List[str]:
-    """``args`` with every ``--config FILE`` (``--config=FILE``, ``-c FILE``) whose YAML has a
-    top-level ``compose:`` list replaced by ``--config`` arguments for the composed files (paths
-    relative to ``FILE``'s folder, each expanded the same way, in order) followed by ``FILE``
-    without its ``compose:`` entry, written into ``folder``: a later file overrides the earlier
-    ones, so ``FILE`` overrides what it composes and a later ``--config`` or flag overrides ``FILE``.
-    A file composed twice below one ``--config`` is read once, where first composed; a cycle or a
-    missing file ends ``train.py`` with one line. Arguments without ``compose:`` stay as they are."""
-    copies = itertools.count()
-
-    def expand(path: Path, chain: List[Path], seen: set) -> List[str]:
-        key = path.resolve()
-        if key in chain:
-            cycle = " -> ".join(str(p) for p in [*chain[chain.index(key):], key])
-            exit_with_error("train.py", f"compose cycle: {cycle}")
-        if key in seen:
-            return []
-        seen.add(key)
-        content = _read_config(path)
-        if content is None or "compose" not in content:
-            return [str(path)]
-        composed = content["compose"]
-        composed = [composed] if isinstance(composed, str) else composed
-        if not isinstance(composed, list) or not all(isinstance(entry, str) for entry in composed):
-            exit_with_error("train.py", f"{path}: compose: must be a list of config file paths, got {content['compose']!r}")
-        out = []
-        for entry in composed:
-            target = path.parent / Path(entry).expanduser()
-            if not target.is_file():
-                where = "" if str(target) == entry else f" ({target})"
-                exit_with_error("train.py", f"{path}: composed config {entry} not found{where}")
-            out += expand(target, [*chain, key], seen)
-        text = _without_compose(path, content)
-        if text is not None:  # the file's own settings, after those it composes
-            copy = folder / str(next(copies)) / path.name
-            copy.parent.mkdir()
-            copy.write_text(text)
-            out.append(str(copy))
-        return out
-
-    def files(value: str) -> List[str]:
-        path = Path(value)
-        return expand(path, [], set()) if path.is_file() else [value]  # a YAML string stays as it is
-
-    out, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if arg in CONFIG_OPTIONS and i + 1 < len(args):
-            out += [item for path in files(args[i + 1]) for item in (arg, path)]
-            i += 2
-            continue
-        option, equals, value = arg.partition("=")
-        if equals and option == "--config":
-            out += [f"--config={path}" for path in files(value)]
-        else:
-            out.append(arg)
-        i += 1
-    return out
-
-
-DEFAULT_DATA_MODULE = "lightning_recon.data.SimulatedCTDataModule"
-
-
-def _names_data_module(args: List[str]) -> bool:
-    """Whether ``args`` choose a data class: ``--data CLASS``, ``--data.class_path``, or a config file
-    (or YAML string) with ``data: class_path:``."""
-    for i, arg in enumerate(args):
-        option = arg.partition("=")[0]
-        if option in ("--data", "--data.class_path"):
-            return True
-        if option in CONFIG_OPTIONS:
-            value = arg.partition("=")[2] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
-            import yaml
-
-            try:
-                content = _read_config(Path(value)) if Path(value).is_file() else yaml.safe_load(value)
-            except (yaml.YAMLError, OSError, ValueError):
-                content = None
-            data = content.get("data") if isinstance(content, dict) else None
-            if isinstance(data, str) or (isinstance(data, dict) and "class_path" in data):
-                return True
-    return False
-
-
-def with_default_data(args: List[str], subcommands: bool = True) -> List[str]:
-    """``args`` choosing simulated CT data (``SimulatedCTDataModule``) when they name no data class
-    (after the subcommand, or first without subcommands). A parser default would carry its settings
-    (batch size 32, workers) into a data class a config names; so a data module's defaults stay its own."""
-    if _names_data_module(args) or any(a in ("-h", "--help") for a in args):
-        return args
-    position = next((i for i, a in enumerate(args) if a in ("fit", "validate", "test", "predict")), None)
-    if position is None and subcommands:
-        return args
-    position = -1 if position is None else position
-    return [*args[: position + 1], f"--data={DEFAULT_DATA_MODULE}", *args[position + 1:]]
 
 
 def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_recon.cli import cli_main, default_wandb_mode
+from lightning_recon.cli import cli_main
+from lightning_recon.wandb_mode import default_wandb_mode
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = [

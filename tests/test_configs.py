@@ -5,7 +5,7 @@ block is not compared. After a deliberate change to an experiment, rewrite the r
 ``python tests/test_configs.py --update`` and review its diff.
 
 Experiments state only what differs from the trainer, logger, data and model files they ``compose:``;
-the tests at the end check that include mechanism (``lightning_recon.cli.expand_compose``).
+the tests at the end check that include mechanism (``lightning_recon.compose.expand_compose``).
 """
 import contextlib
 import io
@@ -114,7 +114,7 @@ def config_files(args):
 
 
 def test_compose_reads_the_composed_files_first_and_the_file_overrides_them(tmp_path):
-    from lightning_recon.cli import expand_compose
+    from lightning_recon.compose import expand_compose
 
     write(tmp_path / "trainer" / "base.yaml", "trainer:\n  max_steps: 10\n  log_every_n_steps: 5\n")
     write(tmp_path / "logger" / "csv.yaml", "trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n"

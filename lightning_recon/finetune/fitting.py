@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 import lightning as L
 import torch
 
-from ..cli import default_wandb_mode
+from ..wandb_mode import default_wandb_mode
 from ..data.real import Sinogram
 from ..methods.analytic_deep_prior import AnalyticDeepPrior
 from ..methods.dip import DeepImagePrior, RepeatedMeasurement

@@ -1,14 +1,13 @@
 """Dictionaries for sparse recovery: dense (``MatrixOperator``) and convolutional, and the seeded
 ``SparseCodingProblem`` that describes one by plain numbers.
 
-Both are :class:`~lightning_recon.physics.operator.WeightedOperator`\ s: ``A(x)``, the exact adjoint,
+Both are :class:`~lightning_recon.physics.operator.WeightedOperator` subclasses: ``A(x)``, the exact adjoint,
 and ``adjoint_with(weight, y)`` for the learned back-projections of LISTA.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Tuple
 
 import numpy as np
 import torch

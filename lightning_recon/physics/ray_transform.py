@@ -16,6 +16,9 @@ Backends (``backend=``):
   (the faster of the two in docs/benchmarks.md); on the CPU, ``matrix`` while its estimated memory
   is below ``max_matrix_bytes``, else ``odl``.
 
+The module holds the three backends, the system-matrix build and its disk cache together (≈ 480
+lines): they implement one operator and share its geometry conversions and checks.
+
 The backend state is built lazily, per device, in the process that uses it, and is never pickled
 (the :class:`~lightning_recon.physics.operator.LinearOperator` contract): a module built on rank 0 and
 sent to DDP workers rebuilds there.
