@@ -32,11 +32,11 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpointing import AtomicCheckpointIO
-from .compose import expand_compose, with_default_data
+from .compose import expand_compose, with_checkpoint_model, with_default_data
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
 from .messages import exit_with_error
-from .methods.callbacks import LearningRateLogger, ReconstructionPanels
+from .methods.callbacks import LearningRateLogger, ReconstructionPanels, ReconstructionWriter
 from .wandb_mode import default_wandb_mode
 
 __all__ = ["ReconCLI", "cli_main", "training_only_settings"]
@@ -121,6 +121,7 @@ class ReconCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(ReconstructionPanels, "panels")
+        parser.add_lightning_class_args(ReconstructionWriter, "writer")  # the files of `predict`
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's
@@ -147,6 +148,7 @@ class ReconCLI(LightningCLI):
             exit_with_error("train.py", f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (no state_dict): "
                                         "it resumes runs of train.py only")
         hparams = dict(checkpoint.get("hyper_parameters", {}))
+        self._measurements_take_the_checkpoint_geometry(subcommand, hparams)
         asked = self.config[subcommand].get("model")
         asked_args = dict(vars(asked.get("init_args") or {})) if asked is not None else {}
         saved_class = hparams.get("_class_path")
@@ -156,10 +158,12 @@ class ReconCLI(LightningCLI):
                        "weights use its pretrained-weights argument, not --ckpt_path")
         model_class = (asked.get("class_path") if asked is not None else None) or saved_class or ""
         honoured = set(HONOURED_SETTINGS) | (set() if subcommand == "fit" else training_only_settings(model_class))
+        # a setting left at its class default was not asked for: the checkpoint's stays
         differing = [f"{key}: config {asked_args[key]!r}, checkpoint {hparams[key]!r}"
                      for key in sorted(asked_args)
                      if key in hparams and key not in honoured and key not in LINKED_SETTINGS
-                     and not _same_setting(asked_args[key], hparams[key])]
+                     and not _same_setting(asked_args[key], hparams[key])
+                     and not _same_setting(asked_args[key], _class_default(model_class, key))]
         if differing:
             exit_with_error("train.py", "the model config differs from --ckpt_path's (" + "; ".join(differing) + "); drop the "
                        "setting to use the checkpoint's, or train a new model")
@@ -175,6 +179,19 @@ class ReconCLI(LightningCLI):
                 rank_zero_info(f"--ckpt_path: {key} = {asked_args[key]!r} from the command line "
                                f"(the checkpoint had {model_args.get(key)!r})")
                 model_args[key] = asked_args[key]
+
+    def _measurements_take_the_checkpoint_geometry(self, subcommand: str, hparams: dict) -> None:
+        """Measurements without a geometry (``MeasurementsDataModule``) are those the checkpoint's model
+        was trained on; a given geometry other than the checkpoint's is used as given, with a note."""
+        data = self.config[subcommand].get("data")
+        if data is None or not str(data.get("class_path", "")).endswith("MeasurementsDataModule"):
+            return
+        saved = hparams.get("geometry")
+        if data.init_args.get("geometry") is None:
+            data.init_args["geometry"] = saved
+        elif saved is not None and not _same_setting(dict(data.init_args["geometry"]), saved):
+            rank_zero_info("the measurements' geometry differs from the checkpoint's: the model is applied in the "
+                           "measurements' geometry")
 
     def instantiate_classes(self) -> None:
         """Build data, model and trainer; a ValueError of ours (a bad setting) ends in one line
@@ -266,7 +283,8 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
     given = sys.argv[1:] if args is None else args
     with tempfile.TemporaryDirectory(prefix="lightning_recon-compose-") as folder:
         if isinstance(given, (list, tuple)):  # (LightningCLI also takes a dict or Namespace: as it is)
-            expanded = with_default_data(expand_compose(list(given), Path(folder)), subcommands=run)
+            expanded = expand_compose(list(given), Path(folder))
+            expanded = with_checkpoint_model(with_default_data(expanded, subcommands=run), subcommands=run)
             args = args if expanded == list(given) else expanded
         try:
             with warnings.catch_warnings():

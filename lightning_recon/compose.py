@@ -1,6 +1,7 @@
 """Command-line arguments of ``train.py`` before LightningCLI reads them: ``compose:`` lists in config
-files expanded (``expand_compose``), and simulated ellipses chosen when no data class is named
-(``with_default_data``).
+files expanded (``expand_compose``), simulated ellipses chosen when no data class is named
+(``with_default_data``), and the checkpoint's model class when ``--ckpt_path`` is given without one
+(``with_checkpoint_model``).
 
 A config file may start from others: a top-level ``compose:`` list of config files (relative to its
 own folder) is read first, in order, and the file then overrides them.
@@ -14,7 +15,8 @@ from typing import List, Optional
 
 from .messages import exit_with_error
 
-__all__ = ["CONFIG_OPTIONS", "DEFAULT_DATA_MODULE", "expand_compose", "with_default_data"]
+__all__ = ["CONFIG_OPTIONS", "DEFAULT_DATA_MODULE", "expand_compose", "names_class", "with_checkpoint_model",
+           "with_default_data"]
 
 
 CONFIG_OPTIONS = ("--config", "-c")  # LightningCLI's config-file option (on the top level and per subcommand)
@@ -113,37 +115,60 @@ def expand_compose(args: List[str], folder: Path) -> List[str]:
 
 
 DEFAULT_DATA_MODULE = "lightning_recon.data.SimulatedCTDataModule"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
-def _names_data_module(args: List[str]) -> bool:
-    """Whether ``args`` choose a data class: ``--data CLASS``, ``--data.class_path``, or a config file
-    (or YAML string) with ``data: class_path:``."""
+def names_class(args: List[str], key: str) -> bool:
+    """Whether ``args`` choose the ``key`` class (``data``, ``model``): ``--key CLASS``,
+    ``--key.class_path``, or a config file (or YAML string) with ``key: class_path:``."""
+    import yaml
+
     for i, arg in enumerate(args):
         option = arg.partition("=")[0]
-        if option in ("--data", "--data.class_path"):
+        if option in (f"--{key}", f"--{key}.class_path"):
             return True
         if option in CONFIG_OPTIONS:
             value = arg.partition("=")[2] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
-            import yaml
-
             try:
                 content = _read_config(Path(value)) if Path(value).is_file() else yaml.safe_load(value)
             except (yaml.YAMLError, OSError, ValueError):
                 content = None
-            data = content.get("data") if isinstance(content, dict) else None
-            if isinstance(data, str) or (isinstance(data, dict) and "class_path" in data):
+            chosen = content.get(key) if isinstance(content, dict) else None
+            if isinstance(chosen, str) or (isinstance(chosen, dict) and "class_path" in chosen):
                 return True
     return False
+
+
+def _with_class(args: List[str], key: str, class_path: str, subcommands: bool) -> List[str]:
+    """``args`` with ``--key=class_path`` after the subcommand (first without subcommands)."""
+    position = next((i for i, a in enumerate(args) if a in SUBCOMMANDS), None)
+    if position is None and subcommands:
+        return args
+    position = -1 if position is None else position
+    return [*args[: position + 1], f"--{key}={class_path}", *args[position + 1:]]
 
 
 def with_default_data(args: List[str], subcommands: bool = True) -> List[str]:
     """``args`` choosing simulated CT data (``SimulatedCTDataModule``) when they name no data class
     (after the subcommand, or first without subcommands). A parser default would carry its settings
     (batch size 32, workers) into a data class a config names; so a data module's defaults stay its own."""
-    if _names_data_module(args) or any(a in ("-h", "--help") for a in args):
+    if names_class(args, "data") or any(a in ("-h", "--help") for a in args):
         return args
-    position = next((i for i, a in enumerate(args) if a in ("fit", "validate", "test", "predict")), None)
-    if position is None and subcommands:
+    return _with_class(args, "data", DEFAULT_DATA_MODULE, subcommands)
+
+
+def with_checkpoint_model(args: List[str], subcommands: bool = True) -> List[str]:
+    """``args`` choosing the model class ``--ckpt_path``'s checkpoint holds when they name none
+    (``train.py predict --ckpt_path run.ckpt --data ...`` needs no model config)."""
+    ckpt_path = next((arg.partition("=")[2] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+                      for i, arg in enumerate(args) if arg.partition("=")[0] == "--ckpt_path"), None)
+    if not ckpt_path or not Path(ckpt_path).is_file() or names_class(args, "model"):
         return args
-    position = -1 if position is None else position
-    return [*args[: position + 1], f"--data={DEFAULT_DATA_MODULE}", *args[position + 1:]]
+    import torch
+
+    try:
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+        class_path = checkpoint["hyper_parameters"]["_class_path"]
+    except Exception:  # unreadable or not ours: the CLI's own checks name the problem
+        return args
+    return _with_class(args, "model", class_path, subcommands)

@@ -29,7 +29,7 @@ from ..physics.geometry import Geometry2D, ParallelBeam2D, geometry_from_dict
 from .datamodule import check_loader_settings, parse_data_range
 from .files import DataFileError, find_files, read_image
 from .images import FileSplitsDataModule, split_files
-from .real import load_data_exchange
+from .measurements import read_sinogram
 
 __all__ = ["MeasuredPairsDataModule", "MeasuredPairsDataset", "pair_items"]
 
@@ -149,15 +149,7 @@ class MeasuredPairsDataset(Dataset):
         elif item[0] == "hdf5":
             sinogram, where = self._hdf5(item[1])[self.keys[0]][item[2]], f"{item[1]} [{self.keys[0]} {item[2]}]"
         else:
-            path, where = item[1], str(item[1])
-            if path.suffix.lower() in (".h5", ".hdf5") and _is_data_exchange(path):
-                try:
-                    sinogram = load_data_exchange(path, **self.raw_scan).data
-                except (ValueError, KeyError, OSError) as error:
-                    raise DataFileError(f"{path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-                                        ) from None
-            else:
-                sinogram = read_image(path, self.keys[0])
+            sinogram, where = read_sinogram(item[1], self.keys[0], **self.raw_scan), str(item[1])
         return self._checked(sinogram, self.geometry.sinogram_shape, "sinogram", where)
 
     def ground_truth(self, index: int) -> np.ndarray:
@@ -180,16 +172,6 @@ class MeasuredPairsDataset(Dataset):
             raise IndexError(f"index {index} out of range for a split of {len(self)} pairs")
         return {"ground_truth": torch.from_numpy(self.ground_truth(index))[None],
                 "measurement": torch.from_numpy(self._measurement(index))[None], "index": index}
-
-
-def _is_data_exchange(path: Path) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return "exchange/data" in f
-    except Exception:
-        raise DataFileError(f"{path}: unreadable HDF5 file; it may be truncated") from None
 
 
 class MeasuredPairsDataModule(FileSplitsDataModule):

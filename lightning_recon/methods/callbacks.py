@@ -1,18 +1,20 @@
 """Every callback of the methods: image panels of fixed validation samples (fixed intensity window),
-posterior panels of samplers, max-intensity projections of volumes, the learning rate; and the one
-way they publish pictures (W&B image, or PNG in the run folder)."""
+posterior panels of samplers, max-intensity projections of volumes, the learning rate, the files
+``train.py predict`` writes; and the one way they publish pictures (W&B image, or PNG in the run folder)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "VolumePanels", "gray_to_rgb_uint8",
+__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "ReconstructionWriter", "VolumePanels",
+           "gray_to_rgb_uint8",
            "panel_rows", "posterior_panel_rows", "projection_panel", "publish_panels"]
 
 
@@ -207,3 +209,57 @@ class VolumePanels(L.Callback):
         publish_panels(trainer, self._panels, caption, key="val/projections",
                        file_name=_panel_file(trainer, "projections-"))
         self._panels = None
+
+
+class ReconstructionWriter(BasePredictionWriter):
+    """Writes what ``train.py predict`` reconstructs, one set of files per input, on every rank for
+    its own inputs: ``<name>.npy`` and ``<name>.tif`` (float32 ``(H, W)``) and ``<name>.png``
+    (FBP | reconstruction, window ``[0, window_max]``, default the model's data range or the
+    reconstruction's maximum). Posterior samplers (predictions ``{"mean", "std", "samples"}``) write
+    the mean as ``<name>``, ``<name>_std`` and ``<name>_samples.npy`` ``(N, H, W)``, and a preview
+    FBP | mean | std. ``<name>`` is the data module's ``sample_name(index)`` (the input file's stem)
+    or ``sample_<index>``.
+
+    Args:
+        output_dir: where the files go (``None``: ``<default_root_dir>/predictions``).
+        window_max: the upper end of the preview window (data units).
+    """
+
+    def __init__(self, output_dir: Optional[str] = None, window_max: Optional[float] = None):
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.window_max = window_max
+
+    def folder(self, trainer) -> Path:
+        return Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
+
+    @staticmethod
+    def _name(trainer, index: int) -> str:
+        namer = getattr(trainer.datamodule, "sample_name", None) if trainer.datamodule is not None else None
+        return namer(index) if namer is not None else f"sample_{index:05d}"
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        import tifffile
+        from torchvision.utils import save_image
+
+        folder = self.folder(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        posterior = isinstance(prediction, dict)
+        mean = (prediction["mean"] if posterior else prediction).detach().float().cpu()
+        fbp = batch["fbp"].detach().float().cpu() if "fbp" in batch else None
+        for position, index in enumerate(batch["index"].tolist()):
+            name = self._name(trainer, int(index))
+            image = mean[position, 0].numpy()
+            np.save(folder / f"{name}.npy", image)
+            tifffile.imwrite(folder / f"{name}.tif", image)
+            high = self.window_max or pl_module.hparams.get("data_range") or float(image.max()) or 1.0
+            tiles = [] if fbp is None else [fbp[position, 0]]
+            tiles.append(mean[position, 0])
+            if posterior:
+                std = prediction["std"][position, 0].detach().float().cpu()
+                np.save(folder / f"{name}_std.npy", std.numpy())
+                samples = prediction["samples"][:, position, 0].detach().float().cpu()
+                np.save(folder / f"{name}_samples.npy", samples.numpy())
+                tiles.append(std * (high / max(float(std.max()), 1e-12)))  # the std stretched to the window
+            row = torch.cat([_window(tile, 0.0, high).T.flip(0) for tile in tiles], dim=1)
+            save_image(row[None], folder / f"{name}.png")

@@ -1,0 +1,85 @@
+"""`train.py predict` on a user's measurement files: reconstructions written as files."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_recon.cli import cli_main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DATA = ["--data=lightning_recon.data.SimulatedCTDataModule", "--data.init_args.preset=ellipses-small",
+        "--data.init_args.image_size=16", "--data.init_args.num_angles=6", "--data.init_args.train_length=4",
+        "--data.init_args.val_length=2", "--data.init_args.test_length=2", "--data.init_args.batch_size=2",
+        "--data.init_args.num_workers=0"]
+RUN = ["--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+       "--trainer.max_steps=2", "--trainer.num_sanity_val_steps=0"]
+
+
+def fitted(tmp_path, model_args):
+    cli_main(["fit", *DATA, *model_args, *RUN, f"--trainer.default_root_dir={tmp_path}",
+              f"--checkpoint.dirpath={tmp_path / 'ckpt'}", "--model.init_args.results_dir=null"])
+    return tmp_path / "ckpt" / "last.ckpt"
+
+
+def measurements(folder: Path, count: int = 3):
+    """Sinograms in the checkpoint's geometry (16², 6 angles, 25 detector pixels) as .npy and .npz files."""
+    from lightning_recon.physics import ParallelBeam2D, RayTransform
+
+    folder.mkdir()
+    geometry = ParallelBeam2D((16, 16), num_angles=6)
+    truth = torch.zeros(count, 1, 16, 16)
+    truth[:, :, 4:12, 5:11] = torch.linspace(0.3, 1.0, count)[:, None, None, None]
+    sinograms = RayTransform(geometry)(truth)[:, 0].numpy()
+    for i, sinogram in enumerate(sinograms):
+        if i % 2:
+            np.savez(folder / f"scan{i}.npz", sinogram=sinogram)
+        else:
+            np.save(folder / f"scan{i}.npy", sinogram)
+    return sinograms
+
+
+def test_predict_writes_each_input_s_reconstruction_equal_to_the_model_s_forward(tmp_path):
+    from lightning_recon.methods import LearnedGD
+
+    checkpoint = fitted(tmp_path, ["--model=lightning_recon.methods.LearnedGD", "--model.init_args.n_iter=2",
+                                   "--model.init_args.hidden_channels=4"])
+    sinograms = measurements(tmp_path / "scans")
+    out = tmp_path / "recons"
+    cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
+              f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={out}", *RUN])
+    model = LearnedGD.load_from_checkpoint(checkpoint, weights_only=True).eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(sinograms)[:, None])[:, 0].numpy()
+    for i in range(3):
+        written = np.load(out / f"scan{i}.npy")
+        np.testing.assert_allclose(written, expected[i], atol=1e-5)
+        assert (out / f"scan{i}.tif").exists() and (out / f"scan{i}.png").exists()
+
+
+def test_predict_refuses_measurements_of_another_shape_in_one_line(tmp_path, capsys):
+    checkpoint = fitted(tmp_path, ["--model=lightning_recon.methods.FBPUNet", "--model.init_args.channels=[4,4]"])
+    (tmp_path / "scans").mkdir()
+    np.save(tmp_path / "scans" / "wrong.npy", np.zeros((7, 25), np.float32))
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
+                  f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={tmp_path / 'recons'}", *RUN])
+    error = capsys.readouterr().err
+    (line,) = [line for line in error.splitlines() if line.startswith("train.py")]
+    assert exit_.value.code == 2 and "wrong.npy: sinogram of shape (7, 25)" in line and "expects (6, 25)" in line
+    assert not (tmp_path / "recons").exists()
+
+
+def test_predict_of_a_posterior_sampler_writes_mean_std_and_samples(tmp_path):
+    checkpoint = fitted(tmp_path, ["--config", str(CONFIGS / "model/cwgan.yaml"),
+                                   "--model.init_args.generator_channels=[8,16]",
+                                   "--model.init_args.critic_channels=[8,16]", "--model.init_args.predict_samples=4"])
+    measurements(tmp_path / "scans", count=2)
+    out = tmp_path / "recons"
+    cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
+              f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={out}", *RUN])
+    samples = np.load(out / "scan0_samples.npy")
+    assert samples.shape == (4, 16, 16)
+    np.testing.assert_allclose(np.load(out / "scan0.npy"), samples.mean(0), atol=1e-5)
+    assert float(np.load(out / "scan0_std.npy").max()) > 0
