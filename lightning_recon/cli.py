@@ -254,6 +254,12 @@ class ReconCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_outputs("fit")
+        try:  # init_from's weights load here, before any work, so that a bad file ends in one line
+            load = getattr(self.model, "load_initial_weights", None)
+            if load is not None:
+                load()
+        except ValueError as error:
+            exit_with_error("train.py", str(error))
 
     def after_fit(self) -> None:
         if getattr(self, "_lock", None) is not None:

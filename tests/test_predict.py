@@ -83,3 +83,32 @@ def test_predict_of_a_posterior_sampler_writes_mean_std_and_samples(tmp_path):
     assert samples.shape == (4, 16, 16)
     np.testing.assert_allclose(np.load(out / "scan0.npy"), samples.mean(0), atol=1e-5)
     assert float(np.load(out / "scan0_std.npy").max()) > 0
+
+
+def test_init_from_starts_a_new_run_from_another_run_s_weights_in_another_geometry(tmp_path, capsys):
+    """Weights only: learned GD trained at 6 angles starts a run at 8 angles (its ‖A‖ recomputed);
+    another architecture is refused in one line before any work."""
+    from lightning_recon.methods import LearnedGD
+    from lightning_recon.physics import ParallelBeam2D
+
+    model_args = ["--model=lightning_recon.methods.LearnedGD", "--model.init_args.n_iter=2",
+                  "--model.init_args.hidden_channels=4"]
+    checkpoint = fitted(tmp_path / "first", model_args)
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    model = LearnedGD(geometry=ParallelBeam2D((16, 16), num_angles=8).to_dict(), n_iter=2, hidden_channels=4,
+                      init_from=str(checkpoint), results_dir=None)
+    model.load_initial_weights()
+    for key, value in model.state_dict().items():
+        if key != "cached_operator_norm":
+            assert torch.equal(value, saved[key]), key
+    assert float(model.cached_operator_norm) == 0.0  # this geometry's norm, computed on first use
+    cli = cli_main(["fit", *DATA, "--data.init_args.num_angles=8", *model_args, *RUN,
+                    f"--model.init_args.init_from={checkpoint}", f"--trainer.default_root_dir={tmp_path / 'second'}",
+                    "--model.init_args.results_dir=null", "--trainer.max_steps=1"])
+    assert cli.trainer.global_step == 1
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *DATA, "--model=lightning_recon.methods.LearnedGD", "--model.init_args.n_iter=3",
+                  "--model.init_args.hidden_channels=4", *RUN, f"--model.init_args.init_from={checkpoint}",
+                  f"--trainer.default_root_dir={tmp_path / 'third'}", "--model.init_args.results_dir=null"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py")]
+    assert exit_.value.code == 2 and "holds LearnedGD without net.steps.2." in line and "another architecture" in line

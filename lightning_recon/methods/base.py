@@ -64,6 +64,9 @@ class ReconstructionModule(L.LightningModule):
             (faster cuDNN kernels under bf16 on recent GPUs; see docs/benchmarks.md).
         fused_optimizer: on a GPU, AdamW as one fused kernel instead of a loop over the parameter
             tensors (learned PD has ~120 small ones; the foreach update was 20 % of its step).
+        init_from: a ``train.py`` checkpoint of the same method and architecture whose weights start
+            this run (a new run: fresh optimiser and schedule, step 0): from ellipses to your data, or
+            to another geometry. ``--ckpt_path`` resumes a run instead (and wins over this).
 
     The operator inside the networks skips its NaN check (a host synchronisation per call, some
     20 per unrolled step); measurements are checked once where they enter, in ``forward``.
@@ -73,7 +76,9 @@ class ReconstructionModule(L.LightningModule):
     # of these without comparing them with the config's. A subclass (or mixin) adds its own in the
     # same attribute; ``cli.py`` collects them over the class's MRO.
     training_only_settings: Tuple[str, ...] = ("lr", "betas", "weight_decay", "scheduler", "channels_last",
-                                               "fused_optimizer")
+                                               "fused_optimizer", "init_from")
+    # State that belongs to the geometry, not to what was learned: kept when ``init_from`` loads weights.
+    weights_not_transferred: Tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -90,6 +95,7 @@ class ReconstructionModule(L.LightningModule):
         method_name: Optional[str] = None,
         channels_last: bool = False,
         fused_optimizer: bool = False,
+        init_from: Optional[str] = None,
     ):
         super().__init__()
         geometry = spec_from_dict(geometry)
@@ -146,6 +152,43 @@ class ReconstructionModule(L.LightningModule):
             with torch.no_grad():
                 batch["fbp"] = self.fbp(batch["measurement"].float())
         return batch
+
+    def load_initial_weights(self) -> None:
+        """Copy ``init_from``'s weights into this module, once; ``ValueError`` (one line) for a
+        missing or unreadable file, a file without ``state_dict``, or the first tensor that is
+        missing, extra or of another shape (another architecture)."""
+        path = self.hparams.get("init_from")
+        if not path or self.__dict__.get("_initialised_from") == path:
+            return
+        try:
+            checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        except FileNotFoundError:
+            raise ValueError(f"init_from {path} does not exist") from None
+        except Exception as error:
+            raise ValueError(f"init_from {path} is unreadable ({type(error).__name__}); it may be truncated") from None
+        saved = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+        if saved is None:
+            raise ValueError(f"init_from {path} is not a train.py checkpoint (no state_dict)")
+        holds = str(checkpoint.get("hyper_parameters", {}).get("_class_path", "a model")).rsplit(".", 1)[-1]
+        own = self.state_dict()
+        for key, value in own.items():
+            if key in self.weights_not_transferred:
+                continue
+            if key not in saved:
+                raise ValueError(f"init_from {path} holds {holds} without {key} {tuple(value.shape)}: another "
+                                 f"architecture than this {type(self).__name__}")
+            if tuple(saved[key].shape) != tuple(value.shape):
+                raise ValueError(f"init_from {path}: {key} has shape {tuple(saved[key].shape)} there, "
+                                 f"{tuple(value.shape)} here (another architecture)")
+        extra = [key for key in saved if key not in own]
+        if extra:
+            raise ValueError(f"init_from {path} holds {holds} with {extra[0]}, which this {type(self).__name__} lacks")
+        self.load_state_dict({key: (own[key] if key in self.weights_not_transferred else saved[key]) for key in own})
+        self.__dict__["_initialised_from"] = path
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before a resumed run's checkpoint is restored, which then wins
+            self.load_initial_weights()
 
     def on_fit_start(self) -> None:
         if self.hparams.get("channels_last"):

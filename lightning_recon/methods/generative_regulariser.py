@@ -119,6 +119,7 @@ class GenerativeRegulariser(TunedOnValidation, ReconstructionModule):
             self.hparams.update(method_name=f"{self.prior_kind} {self.hparams.mode}")
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         self.attach_prior()
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:

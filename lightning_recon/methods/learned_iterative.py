@@ -21,6 +21,8 @@ class _UnrolledModule(ReconstructionModule):
     """Holds ‖A‖ as a persistent buffer ``cached_operator_norm``: computed once on first use (by
     ``self.operator.operator_norm()``), then saved with the weights."""
 
+    weights_not_transferred = ("cached_operator_norm",)  # ‖A‖ of this geometry, not the source's
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.register_buffer("cached_operator_norm", torch.zeros(()))
