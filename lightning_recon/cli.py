@@ -43,7 +43,13 @@ __all__ = ["ReconCLI", "cli_main", "training_only_settings"]
 
 
 class LoggedSaveConfig(SaveConfigCallback):
-    """Saves ``config.yaml`` into the run folder and sends the resolved config to the logger."""
+    """Saves ``config.yaml`` into the run folder and sends the resolved config to the logger, for
+    ``fit`` only: a later ``test`` or ``predict`` of the run never overwrites the training record
+    (its settings are in the results table's row and on its command line)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if isinstance(trainer.logger, Logger):

@@ -84,7 +84,10 @@ def test_fit_two_steps_then_test_writes_the_results_table(model, tmp_path, monke
     assert state["hyper_parameters"]["geometry"]["image_shape"] == [32, 32]
     assert (Path(cli.trainer.log_dir) / "config.yaml").exists()
     assert list((Path(cli.trainer.log_dir) / "panels").glob("*.png"))
-    cli_main(["test", *args, f"--ckpt_path={last}"])
+    recorded = (Path(cli.trainer.log_dir) / "config.yaml").read_text()
+    tested = cli_main(["test", *args, f"--ckpt_path={last}"])
+    assert not (Path(tested.trainer.log_dir) / "config.yaml").exists()  # test writes no run record
+    assert (Path(cli.trainer.log_dir) / "config.yaml").read_text() == recorded
     table = (results / "results.md").read_text()
     assert cli.model.method_name in table and (results / "results.csv").exists()
 

@@ -48,7 +48,8 @@ def test_predict_writes_each_input_s_reconstruction_equal_to_the_model_s_forward
     sinograms = measurements(tmp_path / "scans")
     out = tmp_path / "recons"
     cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
-              f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={out}", *RUN])
+              f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={out}", *RUN,
+              f"--trainer.default_root_dir={tmp_path}"])
     model = LearnedGD.load_from_checkpoint(checkpoint, weights_only=True).eval()
     with torch.no_grad():
         expected = model(torch.from_numpy(sinograms)[:, None])[:, 0].numpy()
@@ -64,7 +65,8 @@ def test_predict_refuses_measurements_of_another_shape_in_one_line(tmp_path, cap
     np.save(tmp_path / "scans" / "wrong.npy", np.zeros((7, 25), np.float32))
     with pytest.raises(SystemExit) as exit_:
         cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
-                  f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={tmp_path / 'recons'}", *RUN])
+                  f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={tmp_path / 'recons'}", *RUN,
+                  f"--trainer.default_root_dir={tmp_path}"])
     error = capsys.readouterr().err
     (line,) = [line for line in error.splitlines() if line.startswith("train.py")]
     assert exit_.value.code == 2 and "wrong.npy: sinogram of shape (7, 25)" in line and "expects (6, 25)" in line
@@ -78,7 +80,8 @@ def test_predict_of_a_posterior_sampler_writes_mean_std_and_samples(tmp_path):
     measurements(tmp_path / "scans", count=2)
     out = tmp_path / "recons"
     cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
-              f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={out}", *RUN])
+              f"--data.path={tmp_path / 'scans'}", f"--writer.output_dir={out}", *RUN,
+              f"--trainer.default_root_dir={tmp_path}"])
     samples = np.load(out / "scan0_samples.npy")
     assert samples.shape == (4, 16, 16)
     np.testing.assert_allclose(np.load(out / "scan0.npy"), samples.mean(0), atol=1e-5)
