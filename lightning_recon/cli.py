@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpointing import AtomicCheckpointIO
-from .compose import expand_compose, with_checkpoint_model, with_default_data
+from .compose import expand_compose, with_checkpoint_model, with_default_data, with_pretrained_paths
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
 from .messages import exit_with_error
@@ -295,7 +295,7 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
     given = sys.argv[1:] if args is None else args
     with tempfile.TemporaryDirectory(prefix="lightning_recon-compose-") as folder:
         if isinstance(given, (list, tuple)):  # (LightningCLI also takes a dict or Namespace: as it is)
-            expanded = expand_compose(list(given), Path(folder))
+            expanded = with_pretrained_paths(expand_compose(list(given), Path(folder)))
             expanded = with_checkpoint_model(with_default_data(expanded, subcommands=run), subcommands=run)
             args = args if expanded == list(given) else expanded
         try:

@@ -1,7 +1,8 @@
 """Command-line arguments of ``train.py`` before LightningCLI reads them: ``compose:`` lists in config
 files expanded (``expand_compose``), simulated ellipses chosen when no data class is named
-(``with_default_data``), and the checkpoint's model class when ``--ckpt_path`` is given without one
-(``with_checkpoint_model``).
+(``with_default_data``), a shipped checkpoint's name after ``--ckpt_path`` replaced by its file
+(``with_pretrained_paths``), and the checkpoint's model class when ``--ckpt_path`` is given without
+one (``with_checkpoint_model``).
 
 A config file may start from others: a top-level ``compose:`` list of config files (relative to its
 own folder) is read first, in order, and the file then overrides them.
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from .messages import exit_with_error
+from .pretrained import resolve_checkpoint
 
 __all__ = ["CONFIG_OPTIONS", "DEFAULT_DATA_MODULE", "expand_compose", "names_class", "with_checkpoint_model",
-           "with_default_data"]
+           "with_default_data", "with_pretrained_paths"]
 
 
 CONFIG_OPTIONS = ("--config", "-c")  # LightningCLI's config-file option (on the top level and per subcommand)
@@ -155,6 +157,17 @@ def with_default_data(args: List[str], subcommands: bool = True) -> List[str]:
     if names_class(args, "data") or any(a in ("-h", "--help") for a in args):
         return args
     return _with_class(args, "data", DEFAULT_DATA_MODULE, subcommands)
+
+
+def with_pretrained_paths(args: List[str]) -> List[str]:
+    """``args`` with a shipped checkpoint's name after ``--ckpt_path`` replaced by its file."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--ckpt_path" and i + 1 < len(out):
+            out[i + 1] = resolve_checkpoint(out[i + 1])
+        elif arg.startswith("--ckpt_path="):
+            out[i] = "--ckpt_path=" + resolve_checkpoint(arg.partition("=")[2])
+    return out
 
 
 def with_checkpoint_model(args: List[str], subcommands: bool = True) -> List[str]:

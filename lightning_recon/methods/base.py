@@ -33,6 +33,7 @@ from ..metrics import image_metrics, psnr, ssim
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
 from ..physics.geometry import Geometry2D
 from ..physics.operator import operator_from_dict, spec_from_dict
+from ..pretrained import resolve_checkpoint
 from ..results import write_results_table
 
 __all__ = ["ReconstructionModule", "TunedOnValidation", "validation_samples", "with_schedule"]
@@ -64,7 +65,8 @@ class ReconstructionModule(L.LightningModule):
             (faster cuDNN kernels under bf16 on recent GPUs; see docs/benchmarks.md).
         fused_optimizer: on a GPU, AdamW as one fused kernel instead of a loop over the parameter
             tensors (learned PD has ~120 small ones; the foreach update was 20 % of its step).
-        init_from: a ``train.py`` checkpoint of the same method and architecture whose weights start
+        init_from: a ``train.py`` checkpoint (or a shipped one's name, ``lightning_recon.pretrained``)
+            of the same method and architecture whose weights start
             this run (a new run: fresh optimiser and schedule, step 0): from ellipses to your data, or
             to another geometry. ``--ckpt_path`` resumes a run instead (and wins over this).
 
@@ -157,9 +159,10 @@ class ReconstructionModule(L.LightningModule):
         """Copy ``init_from``'s weights into this module, once; ``ValueError`` (one line) for a
         missing or unreadable file, a file without ``state_dict``, or the first tensor that is
         missing, extra or of another shape (another architecture)."""
-        path = self.hparams.get("init_from")
-        if not path or self.__dict__.get("_initialised_from") == path:
+        asked = self.hparams.get("init_from")
+        if not asked or self.__dict__.get("_initialised_from") == asked:
             return
+        path = resolve_checkpoint(asked)  # a shipped checkpoint's name, or a path
         try:
             checkpoint = torch.load(path, weights_only=True, map_location="cpu")
         except FileNotFoundError:
@@ -184,7 +187,7 @@ class ReconstructionModule(L.LightningModule):
         if extra:
             raise ValueError(f"init_from {path} holds {holds} with {extra[0]}, which this {type(self).__name__} lacks")
         self.load_state_dict({key: (own[key] if key in self.weights_not_transferred else saved[key]) for key in own})
-        self.__dict__["_initialised_from"] = path
+        self.__dict__["_initialised_from"] = asked
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # before a resumed run's checkpoint is restored, which then wins

@@ -1,0 +1,38 @@
+"""The shipped weights load by name with ``weights_only=True`` and reproduce their documented result."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_recon.cli import cli_main
+from lightning_recon.pretrained import PRETRAINED
+from lightning_recon.results import read_results_table
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_shipped_weights_reproduce_their_documented_psnr(name, tmp_path, monkeypatch):
+    entry = PRETRAINED[name]
+    checkpoint = torch.load(entry.path, weights_only=True, map_location="cpu")
+    assert checkpoint["hyper_parameters"]["_class_path"].endswith(entry.method)
+    assert "optimizer_states" not in checkpoint and entry.path.stat().st_size < 1_000_000
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli_main(["test", "--config", str(ROOT / entry.test_config), f"--ckpt_path={name}", "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+              f"--model.init_args.results_dir={tmp_path}", f"--model.init_args.method_name={name}"])
+    psnr = float(read_results_table(tmp_path)[name]["psnr"])
+    assert abs(psnr - entry.test_psnr) < 0.05, f"{name}: {psnr:.3f} dB against the documented {entry.test_psnr} dB"
+
+
+def test_init_from_takes_a_shipped_checkpoint_by_name():
+    from lightning_recon.methods import LearnedGD
+
+    entry = PRETRAINED["ellipses-small-learned-gd"]
+    saved = torch.load(entry.path, weights_only=True, map_location="cpu")
+    settings = {k: saved["hyper_parameters"][k] for k in ("geometry", "n_iter", "hidden_channels", "init")}
+    model = LearnedGD(**settings, init_from="ellipses-small-learned-gd", results_dir=None)
+    model.load_initial_weights()
+    assert all(torch.equal(value, saved["state_dict"][key]) for key, value in model.state_dict().items()
+               if key != "cached_operator_norm")
