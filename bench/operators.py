@@ -57,7 +57,7 @@ def _build(method, geometry, device):
     if method == "deepinv-Tomography":
         from deepinv.physics import Tomography
 
-        physics = Tomography(angles=geometry.n_angles, img_width=geometry.image_shape[0], circle=False,
+        physics = Tomography(angles=geometry.num_angles, img_width=geometry.image_shape[0], circle=False,
                              normalize=False, device=device, dtype=torch.float32)
         return physics.A, physics.A_adjoint
     raise ValueError(f"unknown method {method}")

@@ -86,7 +86,7 @@ def test_datamodule_presets_and_overrides():
     dm = SimulatedCTDataModule("ellipses-30-5pct", image_size=32, test_length=4, batch_size=2)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
-    assert batch["measurement"].shape == (2, 1, 30, dm.geometry.n_detector)
+    assert batch["measurement"].shape == (2, 1, 30, dm.geometry.num_detector_pixels)
     assert dm.dataset("test").noise.relative_std == 0.05
     assert dm.dataset("test").seed == 1 and dm.dataset("train").seed == 42
     full = SimulatedCTDataModule("ellipses-30")

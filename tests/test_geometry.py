@@ -18,7 +18,7 @@ def test_sparse_view_counts_the_measured_angles_and_keeps_the_old_angle_values(c
     geometry = cls((16, 16), num_angles=30, angle_step=6)
     lo, hi = geometry.angle_range
     old_grid = grid_midpoints(lo, hi, 180)
-    assert geometry.num_angles == geometry.n_angles == 30
+    assert geometry.num_angles == len(geometry.angle_array) == 30
     assert geometry.sinogram_shape[0] == 30
     assert np.array_equal(geometry.full_angles, old_grid)
     assert np.array_equal(geometry.angle_array, old_grid[::6])
@@ -43,7 +43,7 @@ def test_dense_grid_is_odls_uniform_partition():
 def test_explicit_angles_resolve_num_angles_to_the_measured_count():
     angles = np.linspace(0.1, 3.0, 10)
     geometry = ParallelBeam2D((8, 8), angles=angles, angle_step=3)
-    assert geometry.num_angles == geometry.n_angles == 4
+    assert geometry.num_angles == len(geometry.angle_array) == 4
     assert np.array_equal(geometry.angle_array, angles[::3])
     assert ParallelBeam2D((8, 8), angles=angles, angle_step=3, num_angles=4) == geometry
     with pytest.raises(ValueError, match=r"num_angles \(10\).*4 measured angles"):
@@ -63,7 +63,7 @@ def test_num_angles_defaults_to_30_and_must_be_positive():
 ], ids=["parallel", "fan", "explicit"])
 def test_to_dict_round_trips_the_measured_count(geometry):
     spec = geometry.to_dict()
-    assert spec["num_angles"] == geometry.n_angles
+    assert spec["num_angles"] == geometry.num_angles
     assert geometry_from_dict(spec) == geometry
     assert geometry_from_dict(spec).cache_key() == geometry.cache_key()
 
@@ -74,4 +74,12 @@ def test_replace_follows_explicit_angles():
     assert geometry.replace(angles=(0.1, 0.2)).num_angles == 2
     assert geometry.replace(detector_offset=1.0).num_angles == 10
     uniform = ParallelBeam2D((8, 8), num_angles=10)
-    assert uniform.replace(angle_step=3).n_angles == 10  # the measured count stays; the grid grows
+    assert uniform.replace(angle_step=3).num_angles == 10  # the measured count stays; the grid grows
+
+
+def test_the_detector_count_is_stated_and_a_default_one_follows_the_image():
+    geometry = ParallelBeam2D((64, 64), num_angles=10)
+    assert geometry.num_detector_pixels == 93 and geometry.to_dict()["num_detector_pixels"] == 93
+    assert geometry.replace(image_shape=(128, 128)).num_detector_pixels == 183  # the default follows
+    fixed = ParallelBeam2D((64, 64), num_angles=10, num_detector_pixels=80)
+    assert fixed.replace(image_shape=(128, 128)).num_detector_pixels == 80  # a chosen count stays

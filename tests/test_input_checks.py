@@ -83,9 +83,9 @@ def test_npz_angles_in_degrees_are_detected_or_declared(npz, tmp_path):
 def test_empty_batches_give_empty_results(backend):
     geometry = ParallelBeam2D((16, 16), num_angles=8)
     A = RayTransform(geometry, backend=backend)
-    assert A(torch.zeros(0, 1, 16, 16)).shape == (0, 1, 8, geometry.n_detector)
-    assert A.adjoint(torch.zeros(0, 1, 8, geometry.n_detector)).shape == (0, 1, 16, 16)
-    assert FBP(geometry)(torch.zeros(0, 1, 8, geometry.n_detector)).shape == (0, 1, 16, 16)
+    assert A(torch.zeros(0, 1, 16, 16)).shape == (0, 1, 8, geometry.num_detector_pixels)
+    assert A.adjoint(torch.zeros(0, 1, 8, geometry.num_detector_pixels)).shape == (0, 1, 16, 16)
+    assert FBP(geometry)(torch.zeros(0, 1, 8, geometry.num_detector_pixels)).shape == (0, 1, 16, 16)
 
 
 def test_sigterm_during_finetuning_saves_the_best_iterate(tmp_path):

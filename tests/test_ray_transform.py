@@ -99,7 +99,7 @@ def test_default_parallel_geometry_matches_odl_parallel_beam_geometry():
     space = odl.uniform_discr([-64, -64], [64, 64], (128, 128))
     ref = parallel_beam_geometry(space, num_angles=30)
     ours = ParallelBeam2D((128, 128), num_angles=30)
-    assert ours.n_detector == ref.det_partition.shape[0] == 183
+    assert ours.num_detector_pixels == ref.det_partition.shape[0] == 183
     assert np.allclose(ours.angle_array, ref.angles)
     assert math.isclose(ours.detector_length, float(ref.det_partition.extent[0]))
 

@@ -149,14 +149,21 @@ def load_data_exchange(
     return Sinogram(sinogram.astype(np.float32), angles, _geometry_for(sinogram.shape[1], angles, offset))
 
 
+# Transmission below which a projection pixel saw no beam (dark level, or dark plus read-out noise)
+BEAM_OFF_TRANSMISSION = 0.01
+BEAM_OFF_REFUSED, BEAM_OFF_WARNED = 0.5, 0.05  # fractions of the row's projection pixels
+
+
 def flat_field_correct(projections: np.ndarray, flat: np.ndarray, dark: np.ndarray, name: str = "scan",
                        dead_fraction: float = 0.05) -> np.ndarray:
     """Transmission ``(projections − dark) / (flat − dark)`` of one detector row ``(angles, columns)``.
 
     Refuses what would only give garbage: flats not above the darks anywhere (all-zero flats, or
-    flat = dark), and projections without signal above the dark. Dead flat pixels (flat − dark
-    below ``dead_fraction`` of its median: they would zero or blow up their columns, ring
-    artefacts) are repaired by linear interpolation from the neighbouring good columns, with a
+    flat = dark), projections without signal above the dark, and projections at the dark level
+    (transmission below ``BEAM_OFF_TRANSMISSION``) over more than half of the row (beam off,
+    shutter closed: dark plus noise); more than 5 % of such pixels give a warning. Dead flat pixels
+    (flat − dark below ``dead_fraction`` of its median: they would zero or blow up their columns,
+    ring artefacts) are repaired by linear interpolation from the neighbouring good columns, with a
     warning naming how many.
     """
     gain = flat - dark
@@ -170,6 +177,13 @@ def flat_field_correct(projections: np.ndarray, flat: np.ndarray, dark: np.ndarr
     if dead.all() or dead.sum() > 0.5 * dead.size:
         raise ValueError(f"{name}: {int(dead.sum())} of {dead.size} flat-field pixels are dead (flat ≈ dark)")
     transmission = (projections - dark) / np.where(dead, 1.0, gain)
+    dark_level = float(np.mean(transmission[:, ~dead] < BEAM_OFF_TRANSMISSION))
+    seen = (f"{name}: {100 * dark_level:.0f} % of the projection pixels in this row are at the dark level "
+            f"(transmission below {BEAM_OFF_TRANSMISSION:g})")
+    if dark_level > BEAM_OFF_REFUSED:
+        raise ValueError(f"{seen}: beam off or shutter closed (projections equal to the darks)?")
+    if dark_level > BEAM_OFF_WARNED:
+        warnings.warn(f"{seen}: their −log is noise (photon starvation)", stacklevel=3)
     if dead.any():
         columns = np.arange(gain.size)
         for row in transmission:

@@ -45,7 +45,7 @@ def simulation_geometry(geometry: Geometry2D, image_shape) -> Geometry2D:
     if tuple(image_shape) == tuple(geometry.image_shape):
         return geometry
     return geometry.replace(image_shape=tuple(image_shape), image_extent=geometry.extent,
-                            num_detector_pixels=geometry.n_detector, detector_extent=geometry.detector_length)
+                            num_detector_pixels=geometry.num_detector_pixels, detector_extent=geometry.detector_length)
 
 
 class EllipsesDataset(Dataset):

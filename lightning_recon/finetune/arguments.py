@@ -3,10 +3,17 @@ or written, and the ``--slices`` forms."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-__all__ = ["PROGRAM", "argument_problems", "is_scan", "parse_arguments", "parse_slices", "slice_indices"]
+import torch
+
+from ..locks import OutputUnwritable, check_writable
+from ..methods.dip import dip_unet, pretrained_weights
+
+__all__ = ["PROGRAM", "argument_problems", "dip_channels", "is_scan", "parse_arguments", "parse_slices",
+           "slice_indices"]
 
 PROGRAM = "finetune.py"
 SCAN_SUFFIXES = (".h5", ".hdf5")
@@ -20,6 +27,10 @@ def is_scan(path: str) -> bool:
 
 def parse_arguments(args: Optional[List[str]], description: str) -> argparse.Namespace:
     """``finetune.py``'s options (``--help`` shows ``description`` first)."""
+    return _parser(description).parse_args(args)
+
+
+def _parser(description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="Data Exchange .h5 raw scan, or .npz (sinogram, angles) / .npy sinogram")
@@ -79,11 +90,24 @@ def parse_arguments(args: Optional[List[str]], description: str) -> argparse.Nam
                         help="unit of an .npz file's angles (auto: values beyond 2π are degrees)")
     parser.add_argument("--out", default="outputs/finetune")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an input error")
-    return parser.parse_args(args)
+    return parser
+
+
+# options that only the DIP networks use: given with --network analytic they would be ignored
+DIP_ONLY_OPTIONS = ("tv_weight", "network_input", "early_stop_window", "early_stop_patience", "lr_warmup",
+                    "data_loss", "photons", "snapshot_every", "channels", "scales", "iterations_per_step")
+ACCELERATORS_NEEDING = {"gpu": ("CUDA", torch.cuda.is_available), "cuda": ("CUDA", torch.cuda.is_available),
+                        "mps": ("MPS", torch.backends.mps.is_available)}
+
+
+def dip_channels(opts) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """The DIP network's channels and skip channels per scale, from ``--channels`` and ``--scales``."""
+    return (opts.channels,) * opts.scales, (4,) * opts.scales
 
 
 def argument_problems(opts) -> List[str]:
-    """What is wrong with ``finetune.py``'s arguments, before anything is read or written."""
+    """What is wrong with ``finetune.py``'s arguments, before any input is read or anything written
+    (only the ``--init`` checkpoint is read, and ``--out`` probed for writing)."""
     problems = []
     source = Path(opts.input)
     if not source.is_file():
@@ -127,21 +151,44 @@ def argument_problems(opts) -> List[str]:
         at_least["--adp-iterations"] = (opts.adp_iterations, 1)
     problems += [f"{name} must be >= {low}, got {value}" for name, (value, low) in at_least.items() if value < low]
     for name, value in (("--lr", opts.lr), ("--photons", opts.photons)):
-        if not value > 0:
-            problems.append(f"{name} must be > 0, got {value}")
-    if opts.tv_weight < 0:
-        problems.append(f"--tv-weight must be >= 0, got {opts.tv_weight}")
+        if not 0 < value < math.inf:
+            problems.append(f"{name} must be finite and > 0, got {value}")
+    if not 0 <= opts.tv_weight < math.inf:
+        problems.append(f"--tv-weight must be finite and >= 0, got {opts.tv_weight}")
     if opts.center_offset != "auto":
         try:
-            float(opts.center_offset)
+            offset = float(opts.center_offset)
         except ValueError:
+            offset = None
+        if offset is None or not math.isfinite(offset):
             problems.append(f"--center-offset must be a number of pixels or 'auto', got {opts.center_offset!r}")
-    if opts.init != "random" and not Path(opts.init).is_file():
-        problems.append(f"--init must be 'random' or a checkpoint file, got {opts.init!r}")
+    needed = ACCELERATORS_NEEDING.get(str(opts.accelerator).lower())
+    if needed and not needed[1]():
+        problems.append(f"--accelerator {opts.accelerator} needs {needed[0]}, which this machine does not have "
+                        "(use --accelerator cpu or auto)")
+    if opts.network == "analytic":
+        defaults = _parser()
+        given = [f"--{name.replace('_', '-')}" for name in DIP_ONLY_OPTIONS
+                 if getattr(opts, name) != defaults.get_default(name)]
+        if given:
+            problems.append(f"--network analytic does not use {', '.join(given)} (DIP options); leave "
+                            f"{'it' if len(given) == 1 else 'them'} out")
+    if opts.init != "random":
+        if not Path(opts.init).is_file():
+            problems.append(f"--init must be 'random' or a checkpoint file, got {opts.init!r}")
+        elif opts.network == "unet" and opts.channels >= 1 and opts.scales >= 1:
+            try:
+                pretrained_weights(opts.init, dip_unet(*dip_channels(opts)))
+            except ValueError as error:
+                problems.append(f"--init {error}")
     if opts.reference == "full-fbp" and not is_scan(opts.input):
         problems.append("--reference full-fbp needs an .h5 scan (all its angles)")
     elif opts.reference not in (None, "full-fbp") and not Path(opts.reference).is_file():
         problems.append(f"--reference must be 'full-fbp' or an .npy image file, got {opts.reference!r}")
+    try:
+        check_writable(opts.out, "--out")
+    except OutputUnwritable as error:
+        problems.append(str(error))
     return problems
 
 

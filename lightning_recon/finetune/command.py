@@ -9,10 +9,11 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from ..locks import FolderInUse, OutputLock
 from ..messages import exit_with_error
 from .arguments import PROGRAM, argument_problems, parse_arguments
 from .fitting import NETWORK_LABELS, fit_slice, returned_iterate, run_logger
-from .inputs import center_offset, input_errors_end_the_run, read_slice
+from .inputs import center_offset, input_errors_end_the_run, measurement_problems, read_slice
 from .outputs import reference_metrics, save_image, save_loss_plot, save_preview, write_summary
 from .slices import finetune_slices
 
@@ -33,9 +34,15 @@ def main(args: Optional[List[str]] = None) -> dict:
         exit_with_error(PROGRAM, "; ".join(problems))
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    if opts.slices is not None:
-        return finetune_slices(opts)
-    return finetune_one_slice(opts)
+    lock = OutputLock(opts.out, PROGRAM)  # one run per --out: a second one would mix its slices in
+    try:
+        lock.acquire()
+    except FolderInUse as error:
+        exit_with_error(PROGRAM, str(error))
+    try:
+        return finetune_slices(opts) if opts.slices is not None else finetune_one_slice(opts)
+    finally:
+        lock.release()
 
 
 def finetune_one_slice(opts) -> dict:
@@ -50,9 +57,12 @@ def finetune_one_slice(opts) -> dict:
     references = None if opts.reference in (None, "full-fbp") else reference_file
     with input_errors_end_the_run(opts.debug):  # every input is read and checked before any folder or work
         scan, reference = read_slice(opts, row, offset, references)
+    problems = measurement_problems(opts, scan)
     if reference is not None and tuple(reference.shape) != tuple(scan.geometry.image_shape):
-        exit_with_error(PROGRAM, f"--reference has shape {tuple(reference.shape)}, "
-                        f"the reconstruction {tuple(scan.geometry.image_shape)}")
+        problems.append(f"--reference has shape {tuple(reference.shape)}, the reconstruction "
+                        f"{tuple(scan.geometry.image_shape)}")
+    if problems:
+        exit_with_error(PROGRAM, "; ".join(problems))
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     fitted = fit_slice(opts, scan, reference, opts.iterations, run_logger(opts, out))

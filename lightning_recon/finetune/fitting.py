@@ -18,6 +18,7 @@ from ..wandb_mode import default_wandb_mode
 from ..data.real import Sinogram
 from ..methods.analytic_deep_prior import AnalyticDeepPrior
 from ..methods.dip import DeepImagePrior, RepeatedMeasurement
+from .arguments import dip_channels
 
 __all__ = ["NETWORK_LABELS", "SliceFit", "fit_slice", "interrupts_as_keyboard_interrupt", "prior_model",
            "returned_iterate", "run_logger"]
@@ -31,9 +32,10 @@ def prior_model(opts, geometry, pretrained: Optional[str]):
     if opts.network == "analytic":
         return AnalyticDeepPrior(geometry.to_dict(), iterations=opts.adp_iterations, kernel_size=opts.adp_kernel,
                                  lr=opts.lr)
-    return DeepImagePrior(geometry.to_dict(), channels=(opts.channels,) * opts.scales,
-                          skip_channels=(4,) * opts.scales, network_input=opts.network_input, tv_weight=opts.tv_weight,
-                          lr=opts.lr, lr_warmup=opts.lr_warmup, seed=opts.seed, pretrained=pretrained,
+    channels, skip_channels = dip_channels(opts)
+    return DeepImagePrior(geometry.to_dict(), channels=channels, skip_channels=skip_channels,
+                          network_input=opts.network_input, tv_weight=opts.tv_weight, lr=opts.lr,
+                          lr_warmup=opts.lr_warmup, seed=opts.seed, pretrained=pretrained,
                           data_loss=opts.data_loss, photons=opts.photons, early_stop_window=opts.early_stop_window,
                           early_stop_patience=opts.early_stop_patience, snapshot_every=opts.snapshot_every,
                           network=opts.network, iterations_per_step=opts.iterations_per_step)

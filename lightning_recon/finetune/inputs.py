@@ -4,7 +4,7 @@ input ends the program with one line (``--debug``: the traceback)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -16,7 +16,8 @@ from ..methods.single_measurement import UNCUT_FBP_FILTER, UNCUT_FBP_FREQUENCY_S
 from ..physics.fbp import FBP
 from .arguments import PROGRAM, is_scan
 
-__all__ = ["as_reference", "center_offset", "input_errors_end_the_run", "read_slice", "scan_rows", "uncut_fbp"]
+__all__ = ["as_reference", "center_offset", "input_errors_end_the_run", "measurement_problems", "read_slice",
+           "scan_rows", "uncut_fbp"]
 
 
 @contextlib.contextmanager
@@ -34,6 +35,26 @@ def input_errors_end_the_run(debug: bool):
 def center_offset(opts) -> Union[float, str]:
     """``--center-offset`` in pixels, or ``"auto"``."""
     return opts.center_offset if opts.center_offset == "auto" else float(opts.center_offset)
+
+
+def measurement_problems(opts, scan: Sinogram) -> List[str]:
+    """What the measurement makes impossible, known once its first slice is read: a numeric
+    ``--center-offset`` off the detector, or a network deeper than the image (its coarsest scale,
+    the image halved ``--scales`` − 1 times, must keep at least 2 pixels)."""
+    problems = []
+    pixels = scan.data.shape[1]
+    detector = f"{pixels} detector pixels" + (f" after --binning {opts.binning}" if is_scan(opts.input) else "")
+    if opts.center_offset != "auto" and abs(float(opts.center_offset)) >= pixels / 2:
+        problems.append(f"--center-offset {opts.center_offset} puts the rotation axis off the detector ({detector}: "
+                        f"less than {pixels / 2:g} pixels either way)")
+    size = min(scan.geometry.image_shape)
+    largest = (size - 1).bit_length()  # the most scales whose coarsest one is >= 2 pixels
+    if opts.network != "analytic" and opts.scales > largest:
+        coarsest = -(-size // 2 ** (opts.scales - 1))
+        problems.append(f"--scales {opts.scales} is too deep for the {size} × {size} image ({detector}): its coarsest "
+                        f"scale would be {coarsest} pixel wide; use --scales {largest} or fewer"
+                        + (" (or less --binning)" if is_scan(opts.input) and opts.binning > 1 else ""))
+    return problems
 
 
 def uncut_fbp(geometry, sinogram: np.ndarray) -> torch.Tensor:

@@ -4,8 +4,9 @@ image or a ``(slices, H, W)`` stack), ``preview.png`` (FBP | prior | reference),
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tifffile
@@ -14,7 +15,7 @@ import torch
 from ..metrics import psnr, ssim
 
 __all__ = ["PreviewRow", "reference_metrics", "save_image", "save_loss_plot", "save_preview", "save_stack",
-           "write_summary"]
+           "write_atomically", "write_summary"]
 
 # One row of the preview: (title prefix, FBP, reconstruction, reference or None), images (H, W).
 PreviewRow = Tuple[str, np.ndarray, np.ndarray, Optional[np.ndarray]]
@@ -33,22 +34,48 @@ def reference_metrics(image: torch.Tensor, fbp: torch.Tensor, reference: Optiona
     return scores
 
 
+def write_atomically(path: Path, write: Callable) -> None:
+    """``write(file)`` into a temporary file, then renamed over ``path``: an interrupt or error never
+    leaves half a file, and the previous ``path`` stays until the new one is complete."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
+
+
 def save_image(out: Path, image: torch.Tensor) -> None:
-    """recon.npy / recon.tif: one reconstructed image ``(H, W)``."""
+    """recon.npy / recon.tif: one reconstructed image ``(H, W)``, each written atomically."""
     array = image.numpy().astype(np.float32)
-    np.save(out / "recon.npy", array)
-    tifffile.imwrite(out / "recon.tif", array)
+    write_atomically(out / "recon.npy", lambda f: np.save(f, array))
+    write_atomically(out / "recon.tif", lambda f: tifffile.imwrite(f, array))
 
 
 def save_stack(out: Path, slice_files: Sequence[Path], image_shape) -> None:
-    """recon.npy / recon.tif: the images in ``slice_files`` as one (slices, H, W) stack, written slice by slice."""
-    stack = np.lib.format.open_memmap(out / "recon.npy", mode="w+", dtype=np.float32,
-                                      shape=(len(slice_files), *image_shape))
-    for position, path in enumerate(slice_files):
-        stack[position] = np.load(path)
-    stack.flush()
-    tifffile.imwrite(out / "recon.tif", stack, bigtiff=stack.nbytes > 2**31, photometric="minisblack")
+    """recon.npy / recon.tif: the images in ``slice_files`` as one (slices, H, W) stack, assembled
+    slice by slice in a temporary file and renamed into place only when every slice is in: an
+    unreadable slice (ValueError naming it) leaves the previous stack as it was."""
+    assembled = out / "recon.npy.tmp"
+    stack = np.lib.format.open_memmap(assembled, mode="w+", dtype=np.float32, shape=(len(slice_files), *image_shape))
+    try:
+        for position, path in enumerate(slice_files):
+            try:
+                stack[position] = np.load(path)
+            except (OSError, ValueError, EOFError) as error:
+                raise ValueError(f"{path} is unreadable ({type(error).__name__}); {out / 'recon.npy'} is left as "
+                                 "it was") from None
+        stack.flush()
+        write_atomically(out / "recon.tif", lambda f: tifffile.imwrite(f, stack, bigtiff=stack.nbytes > 2**31,
+                                                                       photometric="minisblack"))
+    except BaseException:
+        del stack
+        assembled.unlink(missing_ok=True)
+        raise
     del stack
+    os.replace(assembled, out / "recon.npy")
 
 
 def _pyplot():

@@ -4,18 +4,19 @@ slice's network (``--independent``: each from ``--init``).
 Each finished slice is committed to ``OUT/slices/`` (its image, its loss/PSNR curves, the network
 weights and ``state.json``, renamed into place last), so an interrupted run (Ctrl-C, SIGTERM, even
 SIGKILL) continues from the last finished slice when the same command is run again with the same
-``--out``; a rerun with other settings is refused rather than mixed in.
+``--out``; a rerun with other settings is refused rather than mixed in. A damaged slice image is
+computed again and a damaged network lets the next slice start from ``--init`` (one warning line
+each); an unfinished rerun never replaces a longer ``recon.npy``.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -25,8 +26,9 @@ from tqdm.auto import tqdm
 from ..messages import exit_with_error
 from .arguments import PROGRAM, slice_indices
 from .fitting import NETWORK_LABELS, fit_slice, interrupts_as_keyboard_interrupt, returned_iterate, run_logger
-from .inputs import as_reference, center_offset, input_errors_end_the_run, read_slice, scan_rows, uncut_fbp
-from .outputs import reference_metrics, save_preview, save_stack, write_summary
+from .inputs import (as_reference, center_offset, input_errors_end_the_run, measurement_problems, read_slice, scan_rows,
+                     uncut_fbp)
+from .outputs import reference_metrics, save_preview, save_stack, write_atomically, write_summary
 
 __all__ = ["finetune_slices"]
 
@@ -49,23 +51,28 @@ def finetune_slices(opts) -> dict:
         if opts.reference not in (None, "full-fbp"):
             reference_volume = np.load(opts.reference, mmap_mode="r")
         state = _load_state(slices_dir / STATE_FILE, _settings(opts))
-        pending = [k for k in indices if str(k) not in state["finished"]]
+        pending = [k for k in indices if str(k) not in state["finished"] or _damaged_slice(slices_dir, k)]
+        for index in pending:
+            state["finished"].pop(str(index), None)  # computed again
         first_scan, first_reference = read_slice(opts, (pending or indices)[0], offset)
-        start_weights = None  # the network the next slice starts from, saved after the last finished one
-        if state["network"] and not opts.independent and pending:
-            start_weights = _saved_network(slices_dir, state["network"])
     image_shape = tuple(first_scan.geometry.image_shape)
+    problems = measurement_problems(opts, first_scan)
+    if reference_volume is not None and tuple(reference_volume.shape) != (rows, *image_shape):
+        problems.append(f"--reference has shape {tuple(reference_volume.shape)}; with --slices it must be the volume "
+                        f"{(rows, *image_shape)} (detector rows, then the reconstruction's shape)")
+    if problems:
+        exit_with_error(PROGRAM, "; ".join(problems))
+    start_weights = None  # the network the next slice starts from, saved after the last finished one
+    if state["network"] and not opts.independent and pending:
+        start_weights = _saved_network(slices_dir, state["network"])
     references = None
     if reference_volume is not None:
-        if tuple(reference_volume.shape) != (rows, *image_shape):
-            exit_with_error(PROGRAM, f"--reference has shape {tuple(reference_volume.shape)}; with --slices it must "
-                            f"be the volume {(rows, *image_shape)} (detector rows, then the reconstruction's shape)")
         references = reference_volume.__getitem__
         first_reference = as_reference(references((pending or indices)[0]))
     slices_dir.mkdir(parents=True, exist_ok=True)
 
     n, done_before = len(indices), len(indices) - len(pending)
-    previous = state["order"][-1] if state["order"] else None
+    previous = state["order"][-1] if state["order"] and start_weights is not None else None
     if done_before:
         print(f"{PROGRAM}: {done_before} of {n} slices already done in {out}"
               + ("" if opts.independent or not pending or previous is None
@@ -131,20 +138,28 @@ def finetune_slices(opts) -> dict:
         exit_with_error(PROGRAM, error or "interrupted before the first slice finished; nothing to save",
                         2 if error else 130)
     records = [dict(state["finished"][str(k)], from_previous_run=k not in computed) for k in done]
-    save_stack(out, [_slice_file(slices_dir, k) for k in done], image_shape)
-    _save_preview(out, opts, offset, references, done, slices_dir)
+    pending = [k for k in indices if str(k) not in state["finished"]]
+    kept = _stack_length(out / "recon.npy") if pending else 0
+    if kept > len(done):  # an unfinished rerun (a damaged slice not yet recomputed) never shrinks the stack
+        print(f"{PROGRAM}: kept the {kept} slices of {out / 'recon.npy'} from an earlier run; this run's {len(done)} "
+              f"are in {slices_dir}")
+    else:
+        with input_errors_end_the_run(opts.debug):
+            save_stack(out, [_slice_file(slices_dir, k) for k in done], image_shape)
+        _save_preview(out, opts, offset, references, done, slices_dir)
     summary = {"input": opts.input, "mode": "independent" if opts.independent else "warm-start",
                "slices_requested": len(indices), "slices_finished": len(done),
                "shape": [len(done), *image_shape], "sinogram_shape": list(first_scan.data.shape),
                "seconds": time.perf_counter() - started, "interrupted": interrupted,
-               "pending": [k for k in indices if str(k) not in state["finished"]], "slices": records}
+               "pending": pending, "slices": records}
     for key in ("recon_psnr", "fbp_psnr"):
         if all(key in r for r in records):
             summary[f"mean_{key}"] = float(np.mean([r[key] for r in records]))
     write_summary(out, summary)
-    print(f"{PROGRAM}: {len(done)} of {n} slices in {out / 'recon.npy'} {tuple(summary['shape'])}"
-          + (f", mean PSNR {summary['mean_recon_psnr']:.2f} dB (FBP {summary['mean_fbp_psnr']:.2f} dB)"
-             if "mean_recon_psnr" in summary else ""))
+    if kept <= len(done):
+        print(f"{PROGRAM}: {len(done)} of {n} slices in {out / 'recon.npy'} {tuple(summary['shape'])}"
+              + (f", mean PSNR {summary['mean_recon_psnr']:.2f} dB (FBP {summary['mean_fbp_psnr']:.2f} dB)"
+                 if "mean_recon_psnr" in summary else ""))
     if error:
         exit_with_error(PROGRAM, f"{error}; the {len(done)} finished slices are saved in {out}")
     if interrupted:
@@ -195,37 +210,60 @@ def _load_state(path: Path, settings: dict) -> dict:
     return state
 
 
-def _saved_network(slices_dir: Path, name: str) -> dict:
-    """The network weights saved after the last finished slice, which the next slice starts from."""
+def _warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"{PROGRAM}: warning: {message}", file=sys.stderr)
+
+
+def _damaged_slice(slices_dir: Path, index: int) -> bool:
+    """Whether a finished slice's image file is missing or unreadable (truncated, not one image);
+    says so in one line: the slice is computed again."""
+    path = _slice_file(slices_dir, index)
+    try:
+        if np.load(path, mmap_mode="r").ndim == 2:  # the header, and a file as long as it announces
+            return False
+        reason = "not one image"
+    except (OSError, ValueError, EOFError) as error:
+        reason = "missing" if isinstance(error, FileNotFoundError) else f"unreadable: {type(error).__name__}"
+    _warn(f"{path} is damaged ({reason}); slice {index} is computed again")
+    return True
+
+
+def _stack_length(path: Path) -> int:
+    """Slices in the stack ``path`` (0 when there is none, or it is unreadable)."""
+    try:
+        stack = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return 0
+    return stack.shape[0] if stack.ndim == 3 else 0
+
+
+def _saved_network(slices_dir: Path, name: str) -> Optional[dict]:
+    """The network weights saved after the last finished slice, which the next slice starts from;
+    None, with a one-line warning, when the file is missing or unreadable (the next slice starts from --init)."""
     network = slices_dir / name
-    if not network.is_file():
-        raise ValueError(f"{network}, the network the next slice starts from, is missing; remove "
-                         f"{slices_dir} to start over")
-    return torch.load(network, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(network, map_location="cpu", weights_only=True)
+    except Exception as error:  # missing, truncated, not a weights file
+        reason = "missing" if isinstance(error, FileNotFoundError) else f"unreadable: {type(error).__name__}"
+        _warn(f"{network}, the network the next slice starts from, is damaged ({reason}); it starts from --init")
+        return None
 
 
 def _commit_slice(slices_dir: Path, state: dict, index: int, image: np.ndarray, curves: dict, net_state: dict,
                   record: dict) -> None:
     """Save one finished slice; ``state.json``, renamed into place last, is what makes it count."""
-    _write_atomically(_slice_file(slices_dir, index), lambda f: np.save(f, image.astype(np.float32)))
-    _write_atomically(slices_dir / f"curves_{index:04d}.npz", lambda f: np.savez(f, **curves))
+    write_atomically(_slice_file(slices_dir, index), lambda f: np.save(f, image.astype(np.float32)))
+    write_atomically(slices_dir / f"curves_{index:04d}.npz", lambda f: np.savez(f, **curves))
     network = f"net_{index:04d}.pt"  # the weights after this slice, which the next one starts from
-    _write_atomically(slices_dir / network, lambda f: torch.save(net_state, f))
+    write_atomically(slices_dir / network, lambda f: torch.save(net_state, f))
     state["finished"][str(index)] = record
     state["order"].append(index)
     state["network"] = network
-    _write_atomically(slices_dir / STATE_FILE, lambda f: f.write(json.dumps(state, indent=1).encode()))
+    write_atomically(slices_dir / STATE_FILE, lambda f: f.write(json.dumps(state, indent=1).encode()))
     for stale in slices_dir.glob("net_*.pt"):  # only the newest network is needed
         if stale.name != network:
             stale.unlink()
-
-
-def _write_atomically(path: Path, write) -> None:
-    """``write(file)`` into a temporary file, then renamed over ``path``: an interrupt never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
 
 
 def _slice_line(record: dict, position: int, n: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..nets import DeepDecoder, UNet
@@ -18,7 +19,45 @@ from ..solvers.tv import total_variation
 from .callbacks import gray_to_rgb_uint8, publish_panels
 from .single_measurement import UNCUT_FBP_FILTER, UNCUT_FBP_FREQUENCY_SCALING, SingleMeasurementModule
 
-__all__ = ["DeepImagePrior", "RepeatedMeasurement"]
+__all__ = ["DIP_CHECKPOINT_CLASSES", "DeepImagePrior", "RepeatedMeasurement", "dip_unet", "pretrained_weights"]
+
+# Lightning modules whose ``net`` is the DIP network (EDIP stage 1, and DIP itself)
+DIP_CHECKPOINT_CLASSES = ("EDIPPretrain", "DeepImagePrior")
+
+
+def dip_unet(channels: Sequence[int], skip_channels: Sequence[int]) -> UNet:
+    """The DIP encoder-decoder U-Net (one channel in and out, GroupNorm)."""
+    return UNet(1, 1, channels=tuple(channels), skip_channels=tuple(skip_channels), norm="group")
+
+
+def pretrained_weights(path: str, net: nn.Module) -> Dict[str, torch.Tensor]:
+    """The ``net.*`` weights of the Lightning checkpoint ``path`` (EDIP), checked to load into ``net``.
+    ValueError, one line, when the file is unreadable (truncated, empty, not a checkpoint), is not a
+    Lightning checkpoint, holds another model, or a network of other keys or shapes."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, empty or text file, a pickle weights_only refuses
+        raise ValueError(f"{path} is unreadable ({type(error).__name__}): truncated, empty, or not a checkpoint?"
+                         ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    saved_class = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+    if saved_class and saved_class not in DIP_CHECKPOINT_CLASSES:
+        raise ValueError(f"{path} holds a {saved_class}, not a DIP network ({' or '.join(DIP_CHECKPOINT_CLASSES)})")
+    weights = {key[len("net."):]: value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")}
+    if not weights:
+        raise ValueError(f"{path} holds no network weights (no net.* entries), not a DIP network")
+    expected = {key: tuple(value.shape) for key, value in net.state_dict().items()}
+    found = {key: tuple(getattr(value, "shape", ())) for key, value in weights.items()}
+    if found != expected:
+        missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        reshaped = sorted(key for key in expected.keys() & found.keys() if expected[key] != found[key])
+        trained = f" (trained with channels {list(hparams['channels'])})" if "channels" in hparams else ""
+        example = (missing or unexpected or reshaped)[0]
+        raise ValueError(f"{path}: its network{trained} does not fit the one asked for: {len(missing)} weights "
+                         f"missing, {len(unexpected)} unexpected, {len(reshaped)} of other shape (e.g. {example})")
+    return weights
 
 
 class RepeatedMeasurement(Dataset):
@@ -107,8 +146,8 @@ class DeepImagePrior(SingleMeasurementModule):
             raise ValueError(f"data_loss must be 'mse' or 'poisson', got {data_loss!r}")
         if lr_warmup < 0:
             raise ValueError(f"lr_warmup must be >= 0, got {lr_warmup}")
-        if tv_weight < 0:
-            raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
+        if not 0 <= tv_weight < float("inf"):
+            raise ValueError(f"tv_weight must be finite and >= 0, got {tv_weight}")
         if iterations_per_step < 1:
             raise ValueError(f"iterations_per_step must be >= 1, got {iterations_per_step}")
         super().__init__(geometry, lr=lr, fbp_filter=fbp_filter, fbp_frequency_scaling=fbp_frequency_scaling)
@@ -117,11 +156,9 @@ class DeepImagePrior(SingleMeasurementModule):
         if network == "deep-decoder":
             self.net = DeepDecoder(self.geometry.image_shape, channels=tuple(channels))
         else:
-            self.net = UNet(1, 1, channels=tuple(channels), skip_channels=tuple(skip_channels), norm="group")
+            self.net = dip_unet(channels, skip_channels)
         if pretrained:
-            state = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"]
-            weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-            self.net.load_state_dict(weights)
+            self.net.load_state_dict(pretrained_weights(pretrained, self.net))
         self.best_loss = float("inf")
         self.best_image: Optional[torch.Tensor] = None
         self.stopped_at: Optional[int] = None

@@ -79,7 +79,7 @@ class FBP(nn.Module):
         self.padding = padding
         self.ray_transform = ray_transform if ray_transform is not None else RayTransform(geometry, backend=backend)
 
-        n_det = geometry.n_detector
+        n_det = geometry.num_detector_pixels
         self.n_fft = 2 * n_det - 1 if padding else n_det
         self.pad_left = (self.n_fft - n_det) // 2
         d = geometry.detector_pixel_size

@@ -72,7 +72,7 @@ class Geometry2D(_PlainNumbers):
     """Fields shared by the 2D geometries; see the concrete classes.
 
     Angles: ``num_angles`` is the number of angles actually measured, the first axis of the
-    sinogram (``num_angles == n_angles`` after construction). Without explicit ``angles`` they are
+    sinogram (``num_angles == len(angle_array)`` after construction). Without explicit ``angles`` they are
     every ``angle_step``-th cell midpoint of a uniform grid of ``num_angles * angle_step`` cells over
     ``angle_range`` (``num_angles=30, angle_step=6``: 30 angles 6° apart, those of a 180-angle grid).
     With explicit ``angles`` the measured ones are ``angles[::angle_step]``; ``num_angles`` may be
@@ -100,6 +100,8 @@ class Geometry2D(_PlainNumbers):
             object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
         self._validate()
         self._resolve_num_angles()
+        if self.num_detector_pixels is None:  # the default detector, stated (``to_dict`` records it)
+            object.__setattr__(self, "num_detector_pixels", self._default_detector()[0])
 
     def _resolve_num_angles(self) -> None:
         """``num_angles``: the measured count; ``None`` is 30, or the count of explicit ``angles``."""
@@ -120,10 +122,16 @@ class Geometry2D(_PlainNumbers):
 
     def replace(self, **changes: Any):
         """A copy with ``changes``. With explicit ``angles``, ``num_angles`` follows a change of
-        ``angles`` or ``angle_step`` unless it is changed too."""
+        ``angles`` or ``angle_step`` unless it is changed too; a default detector
+        (``num_detector_pixels`` equal to the default count) follows a change of the image or of the
+        source and detector distances unless it is changed too."""
         if ("angles" in changes or "angle_step" in changes) and "num_angles" not in changes:
             if changes.get("angles", self.angles) is not None:
                 changes["num_angles"] = None
+        shaping = {"image_shape", "image_extent", "source_radius", "detector_radius"}
+        if shaping & set(changes) and "num_detector_pixels" not in changes:
+            if self.num_detector_pixels == self._default_detector()[0]:
+                changes["num_detector_pixels"] = None
         return dataclasses.replace(self, **changes)
 
     # -- validation -------------------------------------------------------------------------
@@ -172,16 +180,8 @@ class Geometry2D(_PlainNumbers):
         """The angles actually measured, shape ``(n_angles,)``, radians."""
         return self.full_angles[:: self.angle_step]
 
-    @property
-    def n_angles(self) -> int:
-        return int(self.angle_array.size)
-
     def _default_detector(self) -> Tuple[int, float]:
         raise NotImplementedError
-
-    @property
-    def n_detector(self) -> int:
-        return self.num_detector_pixels if self.num_detector_pixels is not None else self._default_detector()[0]
 
     @property
     def detector_length(self) -> float:
@@ -189,11 +189,11 @@ class Geometry2D(_PlainNumbers):
 
     @property
     def detector_pixel_size(self) -> float:
-        return self.detector_length / self.n_detector
+        return self.detector_length / self.num_detector_pixels
 
     @property
     def sinogram_shape(self) -> Tuple[int, int]:
-        return (self.n_angles, self.n_detector)
+        return (self.num_angles, self.num_detector_pixels)
 
     @property
     def angle_weights(self) -> np.ndarray:
@@ -225,7 +225,7 @@ class Geometry2D(_PlainNumbers):
             ang = self.angle_array
             apart = odl.nonuniform_partition(ang, min_pt=min(lo, ang[0]), max_pt=max(hi, ang[-1]))
         half = self.detector_length / 2
-        dpart = odl.uniform_partition(self.detector_offset - half, self.detector_offset + half, self.n_detector)
+        dpart = odl.uniform_partition(self.detector_offset - half, self.detector_offset + half, self.num_detector_pixels)
         return apart, dpart
 
     def odl_geometry(self):

@@ -199,7 +199,7 @@ class _AstraCudaImpl:
         if isinstance(g, ParallelBeam2D):
             vec = setup.astra_parallel_2d_geom_to_parallel3d_vec(geom).copy()
             vec[:, 9:12] = (0.0, 0.0, 2.0)  # ASTRA (x, y, z) order: one detector row per slice
-            proj_geom = self.astra.create_proj_geom("parallel3d_vec", batch, g.n_detector, vec)
+            proj_geom = self.astra.create_proj_geom("parallel3d_vec", batch, g.num_detector_pixels, vec)
         else:
             base = setup.astra_fanflat_2d_geom_to_conebeam_vec(geom)
             z = -batch + 1 + 2 * np.arange(batch)
@@ -207,7 +207,7 @@ class _AstraCudaImpl:
             vec[:, :, 2] += z[:, None]  # source z
             vec[:, :, 5] += z[:, None]  # detector centre z
             vec[:, :, 9:12] = (0.0, 0.0, 2.0)
-            proj_geom = self.astra.create_proj_geom("cone_vec", 1, g.n_detector, vec.reshape(-1, 12))
+            proj_geom = self.astra.create_proj_geom("cone_vec", 1, g.num_detector_pixels, vec.reshape(-1, 12))
         return vol_geom, proj_geom
 
     def _projector(self, batch: int) -> int:
@@ -222,8 +222,8 @@ class _AstraCudaImpl:
         if isinstance(g, ConeBeam3D):
             return (g.detector_shape[0], g.num_angles, g.detector_shape[1])
         if isinstance(g, ParallelBeam2D):
-            return (batch, g.n_angles, g.n_detector)
-        return (1, batch * g.n_angles, g.n_detector)
+            return (batch, g.num_angles, g.num_detector_pixels)
+        return (1, batch * g.num_angles, g.num_detector_pixels)
 
     def forward(self, x: torch.Tensor, out_shape) -> torch.Tensor:
         experimental = self.astra.experimental
@@ -300,7 +300,7 @@ def _build_matrix(geometry: Geometry):
     space, geom = geometry.odl_space(), geometry.odl_geometry()
     vol_geom = astra_volume_geometry(space, "cpu")
     if isinstance(geometry, ParallelBeam2D):
-        proj_geom = astra.create_proj_geom("parallel_vec", geometry.n_detector, _parallel_vectors(geom))
+        proj_geom = astra.create_proj_geom("parallel_vec", geometry.num_detector_pixels, _parallel_vectors(geom))
     else:
         proj_geom = astra_projection_geometry(geom, "cpu")
     proj_id = astra.create_projector(default_astra_proj_type(geom), proj_geom, vol_geom)
@@ -353,7 +353,7 @@ def estimated_matrix_bytes(geometry: Geometry) -> int:
     if isinstance(geometry, FanBeam2D):
         detector_pixel /= geometry.magnification
     per_angle = 2 * (2 * math.sqrt(2) / math.pi) * h * w * max(1.0, min(geometry.pixel_size) / detector_pixel)
-    nnz = 1.05 * geometry.n_angles * per_angle
+    nnz = 1.05 * geometry.num_angles * per_angle
     return int(2 * nnz * (4 + 4))
 
 
