@@ -163,3 +163,19 @@ def test_wandb_falls_back_to_offline_within_seconds_when_the_server_is_unreachab
         assert time.perf_counter() - start < 5
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert default_wandb_mode() == "offline"
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu_with_a_float32_operator(tmp_path, monkeypatch):
+    """Autocast no longer reaches the ray transform's sparse products (they have no bf16 kernel)."""
+    from lightning_recon.physics import ParallelBeam2D, RayTransform
+
+    A = RayTransform(ParallelBeam2D((16, 16), num_angles=6))
+    x = torch.rand(2, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = A(x)
+    assert y.dtype == torch.float32 and torch.equal(y, A(x))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli = cli_main(["fit", "--config", str(CONFIGS / "model/learned_gd.yaml"), *TINY, "--trainer.logger=false",
+                    "--trainer.precision=bf16-mixed", f"--trainer.default_root_dir={tmp_path}",
+                    "--model.init_args.results_dir=null", "--model.init_args.hidden_channels=8"])
+    assert cli.trainer.global_step == 2 and torch.isfinite(cli.trainer.callback_metrics["val/psnr"])

@@ -37,12 +37,17 @@ __all__ = ["AdjointOperator", "LinearOperator", "WeightedOperator", "operator_fr
 
 class _Apply(torch.autograd.Function):
     """``A x`` (``transpose=False``) or ``Aᵀ y`` (``transpose=True``) of an operator whose computation
-    autograd cannot see; the backward is the other direction (exact for a linear operator)."""
+    autograd cannot see; the backward is the other direction (exact for a linear operator). Computed
+    in float32 outside autocast (sparse products and ASTRA have no half-precision kernels), so a
+    network trained under ``bf16-mixed`` keeps a float32 operator."""
 
     @staticmethod
     def forward(ctx, inp, op: "LinearOperator", transpose: bool):
         ctx.op, ctx.transpose = op, transpose
-        return op._compute_adjoint(inp) if transpose else op._compute(inp)
+        if inp.dtype in (torch.float16, torch.bfloat16):
+            inp = inp.float()
+        with torch.autocast(inp.device.type, enabled=False):
+            return op._compute_adjoint(inp) if transpose else op._compute(inp)
 
     @staticmethod
     def backward(ctx, grad):
