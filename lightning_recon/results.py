@@ -10,7 +10,8 @@ __all__ = ["read_results_table", "write_results_table"]
 # Column headings and number formats of the results table; other columns print with 4 digits.
 _HEADINGS = {"psnr": ("PSNR (dB)", ".2f"), "ssim": ("SSIM", ".3f"), "psnr_fixed": ("PSNR, fixed range", ".2f"),
              "ssim_fixed": ("SSIM, fixed range", ".3f"), "nmse": ("NMSE (dB)", ".2f"), "f1": ("F1", ".3f"),
-             "seconds_per_image": ("s/image", ".4f"), "images": ("images", "d")}
+             "seconds_per_image": ("s/image", ".4f"), "images": ("images", "d"),
+             "data": ("data", "s"), "checkpoint": ("checkpoint", "s"), "step": ("step", "d")}
 
 
 def read_results_table(directory: Path) -> Dict[str, Dict[str, str]]:
@@ -58,6 +59,8 @@ def write_results_table(directory: Path, row: Dict[str, Any]) -> Path:
 def _cell(value: Any, fmt: str, std: Any = None) -> str:
     if value in (None, ""):
         return ""
+    if fmt == "s":
+        return str(value)
     value = int(float(value)) if fmt == "d" else float(value)
     text = format(value, fmt)
     return text if std in (None, "") else f"{text} ± {format(float(std), fmt)}"

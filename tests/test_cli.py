@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lightning_recon.cli import cli_main
+from lightning_recon.results import read_results_table
 from lightning_recon.wandb_mode import default_wandb_mode
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -90,6 +91,8 @@ def test_fit_two_steps_then_test_writes_the_results_table(model, tmp_path, monke
     assert (Path(cli.trainer.log_dir) / "config.yaml").read_text() == recorded
     table = (results / "results.md").read_text()
     assert cli.model.method_name in table and (results / "results.csv").exists()
+    row = read_results_table(results)[cli.model.method_name]  # where the row comes from
+    assert (row["data"], row["checkpoint"], row["step"]) == ("ellipses-small, 12 angles", "last.ckpt", "2")
 
 
 def test_wandb_offline_run_logs_images_and_config(tmp_path, monkeypatch):

@@ -82,6 +82,14 @@ class SplitDataModule(L.LightningDataModule):
         """The PSNR/SSIM range of ``val/psnr`` and the "fixed" test columns (``None``: per image)."""
         return self.data_range
 
+    @property
+    def description(self) -> str:
+        """The data of a results row: the class, or a preset / source and the measured geometry."""
+        geometry = getattr(self, "geometry", None)
+        shape = getattr(geometry, "sinogram_shape", None)
+        source = self.hparams.get("preset") or self.hparams.get("path") or type(self).__name__
+        return f"{source}, {shape[0]} angles" if shape is not None and len(shape) == 2 else str(source)
+
     def dataset(self, split: str):  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -264,7 +264,7 @@ class ReconstructionModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         per_sample = {k: torch.cat([row[k] for row in self._test_rows]) for k in self._test_rows[0]}
         gathered = {k: self.all_gather(v).reshape(-1).cpu() for k, v in per_sample.items()}
-        row = self.summarise_test(gathered)
+        row = dict(self.summarise_test(gathered), **self.provenance())
         self.test_results = row
         for name, value in row.items():  # equal on every rank after the gather
             if isinstance(value, float) and not name.endswith("_std"):
@@ -273,6 +273,19 @@ class ReconstructionModule(L.LightningModule):
                                                        for k, v in row.items() if k != "method"))
         if self.trainer.is_global_zero and self.hparams.results_dir:
             write_results_table(Path(self.hparams.results_dir), row)
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self.__dict__["_checkpoint_step"] = checkpoint.get("global_step")
+
+    def provenance(self) -> Dict[str, Any]:
+        """Where a results row comes from: the data (the data module's ``description``), the
+        checkpoint file tested (empty without one) and the training step it was saved at."""
+        data_module = self.trainer.datamodule
+        description = getattr(data_module, "description", None) or type(data_module).__name__
+        checkpoint = self.trainer.ckpt_path
+        step = self.__dict__.get("_checkpoint_step") if checkpoint else None
+        return {"data": description, "checkpoint": Path(checkpoint).name if checkpoint else "",
+                "step": int(step if step is not None else self.global_step)}
 
     def predict_step(self, batch, batch_idx):
         return self.reconstruct(batch)

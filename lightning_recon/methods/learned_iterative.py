@@ -38,6 +38,7 @@ class _UnrolledModule(ReconstructionModule):
         return self.net
 
     def on_load_checkpoint(self, checkpoint) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.__dict__["_op_norm_value"] = None  # the loaded buffer holds the norm
 
 
