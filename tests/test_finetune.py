@@ -216,3 +216,32 @@ def test_finetune_runs_the_analytic_deep_prior_and_checks_its_options(tmp_path, 
             finetune_main([str(scan), "--network", "analytic", *bad, "--out", str(tmp_path / "x")])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_bare_sinogram_gets_the_image_size_or_geometry_asked_for(tmp_path, capsys):
+    """`--image-size` (an N × N grid over the detector's field of view) and `--geometry` (a YAML of
+    numbers, checked against the sinogram's shape) for .npy inputs, which default to one pixel per
+    detector pixel."""
+    import yaml
+
+    from lightning_recon.physics import RayTransform
+
+    native = ParallelBeam2D((32, 32), num_angles=20, num_detector_pixels=32, detector_extent=32.0)
+    truth = torch.zeros(1, 1, 32, 32)
+    truth[..., 10:22, 8:20] = 1.0
+    np.save(tmp_path / "sino.npy", RayTransform(native)(truth)[0, 0].numpy())
+    common = ["--iterations", "3", "--channels", "8", "--scales", "2", "--logger", "none", "--accelerator", "cpu"]
+    finetune_main([str(tmp_path / "sino.npy"), "--image-size", "16", "--out", str(tmp_path / "sized"), *common])
+    assert np.load(tmp_path / "sized" / "recon.npy").shape == (16, 16)
+    spec = native.replace(image_shape=(24, 24), image_extent=(32.0, 32.0)).to_dict()
+    (tmp_path / "geometry.yaml").write_text(yaml.safe_dump(spec))
+    finetune_main([str(tmp_path / "sino.npy"), "--geometry", str(tmp_path / "geometry.yaml"),
+                   "--out", str(tmp_path / "given"), *common])
+    assert np.load(tmp_path / "given" / "recon.npy").shape == (24, 24)
+    (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(native.replace(num_angles=30).to_dict()))
+    with pytest.raises(SystemExit) as exit_:
+        finetune_main([str(tmp_path / "sino.npy"), "--geometry", str(tmp_path / "wrong.yaml"),
+                       "--out", str(tmp_path / "wrong"), *common])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "describes sinograms of shape (30, 32), the input's is (20, 32)" in error
+    assert not (tmp_path / "wrong").exists()

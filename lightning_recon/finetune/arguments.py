@@ -88,6 +88,13 @@ def _parser(description: str = "") -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--angle-unit", choices=["auto", "radians", "degrees"], default="auto",
                         help="unit of an .npz file's angles (auto: values beyond 2π are degrees)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="reconstruct on an N × N grid over the same field of view (default: one pixel "
+                             "per detector pixel)")
+    parser.add_argument("--geometry", default=None,
+                        help="a YAML file with the measurement's geometry as numbers (type: ParallelBeam2D or "
+                             "FanBeam2D, image_shape, source_radius, detector_extent, ...; docs/data.md); its "
+                             "sinogram shape must be the input's")
     parser.add_argument("--out", default="outputs/finetune")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an input error")
     return parser
@@ -137,6 +144,14 @@ def argument_problems(opts) -> List[str]:
                 "--iterations-per-step": (opts.iterations_per_step, 1)}
     if opts.num_angles is not None:
         at_least["--num-angles"] = (opts.num_angles, 1)
+    if opts.image_size is not None:
+        at_least["--image-size"] = (opts.image_size, 2)
+    if opts.geometry is not None and opts.image_size is not None:
+        problems.append("give --geometry (its image_shape sets the grid) or --image-size, not both")
+    if opts.geometry is not None and not Path(opts.geometry).is_file():
+        problems.append(f"no such --geometry file: {opts.geometry}")
+    if opts.geometry is not None and opts.reference == "full-fbp":
+        problems.append("--reference full-fbp reconstructs the scan's own geometry: use --image-size with it")
     if opts.threads is not None:
         at_least["--threads"] = (opts.threads, 1)
     if opts.network == "deep-decoder" and opts.init != "random":

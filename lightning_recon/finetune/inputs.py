@@ -4,16 +4,19 @@ input ends the program with one line (``--debug``: the traceback)."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
 import torch
+import yaml
 
 from ..data.real import Sinogram, load_data_exchange, load_sinogram
 from ..messages import exit_with_error
 from ..methods.single_measurement import UNCUT_FBP_FILTER, UNCUT_FBP_FREQUENCY_SCALING
 from ..physics.fbp import FBP
+from ..physics.geometry import geometry_from_dict
 from .arguments import PROGRAM, is_scan
 
 __all__ = ["as_reference", "center_offset", "input_errors_end_the_run", "measurement_problems", "read_slice",
@@ -64,6 +67,24 @@ def uncut_fbp(geometry, sinogram: np.ndarray) -> torch.Tensor:
     return fbp(torch.from_numpy(sinogram)[None, None])[0, 0]
 
 
+def measurement_geometry(scan: Sinogram, opts):
+    """The geometry of ``scan`` that ``--geometry`` (a YAML file of numbers, checked against the
+    sinogram's shape) or ``--image-size`` (an N × N grid over the same field of view) asks for; else
+    the scan's own (one pixel per detector pixel)."""
+    if opts.geometry is not None:
+        spec = yaml.safe_load(Path(opts.geometry).read_text())
+        if not isinstance(spec, dict):
+            raise ValueError(f"--geometry {opts.geometry}: expected a mapping of numbers (type, image_shape, ...)")
+        given = geometry_from_dict(spec.get("geometry", spec))
+        if tuple(given.sinogram_shape) != tuple(scan.data.shape):
+            raise ValueError(f"--geometry {opts.geometry} describes sinograms of shape {tuple(given.sinogram_shape)}, "
+                             f"the input's is {tuple(scan.data.shape)} (angles, detector pixels)")
+        return given
+    if opts.image_size is not None:
+        return scan.geometry.replace(image_shape=(opts.image_size,) * 2, image_extent=scan.geometry.extent)
+    return scan.geometry
+
+
 def as_reference(image) -> torch.Tensor:
     """A reference image (any array) as a float32 tensor."""
     return torch.from_numpy(np.array(image, dtype=np.float32))
@@ -79,9 +100,10 @@ def read_slice(opts, row: int, offset, references: Optional[Callable[[int], np.n
     else:
         scan = load_sinogram(opts.input, 0.0 if offset == "auto" else offset, angle_unit=opts.angle_unit,
                              angle_step=opts.angle_step)
+    scan = Sinogram(scan.data, scan.angles, measurement_geometry(scan, opts))
     if opts.reference == "full-fbp":
         full = load_data_exchange(opts.input, row, 1, opts.binning, offset)
-        return scan, uncut_fbp(full.geometry, full.data)
+        return scan, uncut_fbp(measurement_geometry(full, opts), full.data)
     return scan, None if references is None else as_reference(references(row))
 
 
