@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -182,3 +183,33 @@ def test_bf16_mixed_precision_trains_on_the_cpu_with_a_float32_operator(tmp_path
                     "--trainer.precision=bf16-mixed", f"--trainer.default_root_dir={tmp_path}",
                     "--model.init_args.results_dir=null", "--model.init_args.hidden_channels=8"])
     assert cli.trainer.global_step == 2 and torch.isfinite(cli.trainer.callback_metrics["val/psnr"])
+
+
+class RecordRates(L.Callback):
+    """The step and learning rate at the start of every training step (for the schedule test)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, *args):
+        self.seen.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+def test_resuming_with_a_larger_max_steps_follows_the_longer_cosine(tmp_path, monkeypatch):
+    """Trained to step 4 of 4 (rate 0), resumed to 8: the rate follows the 8-step cosine from step 4
+    on and falls to 0 again; it never climbs the old cosine's next period."""
+    import math
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    common = ["--config", str(CONFIGS / "model/fbp_unet.yaml"), *TINY, "--trainer.logger=false",
+              "--model.init_args.channels=[4,4]", "--model.init_args.results_dir=null",
+              f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
+              "--trainer.val_check_interval=4"]
+    cli_main(["fit", *common, "--trainer.max_steps=4"])
+    resumed = cli_main(["fit", *common, "--trainer.max_steps=8", "--trainer.callbacks+=tests.test_cli.RecordRates",
+                        f"--ckpt_path={tmp_path / 'ckpt' / 'last.ckpt'}"])
+    (rates,) = [c for c in resumed.trainer.callbacks if isinstance(c, RecordRates)]
+    lr = resumed.model.hparams.lr
+    assert [step for step, _ in rates.seen] == [4, 5, 6, 7]
+    for step, rate in rates.seen:
+        assert rate == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * step / 8)), rel=1e-6)

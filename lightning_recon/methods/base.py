@@ -36,7 +36,7 @@ from ..physics.operator import operator_from_dict, spec_from_dict
 from ..pretrained import resolve_checkpoint
 from ..results import write_results_table
 
-__all__ = ["ReconstructionModule", "TunedOnValidation", "validation_samples", "with_schedule"]
+__all__ = ["CosineSchedule", "ReconstructionModule", "TunedOnValidation", "validation_samples", "with_schedule"]
 
 SCHEDULERS = ("cosine", "cosine-time", "none")
 # Lightning warns whenever a module defines on_after_batch_transfer and a data module is used; ours
@@ -327,6 +327,35 @@ class TunedOnValidation:
         raise NotImplementedError
 
 
+class CosineSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """The learning rate annealed to 0 by a cosine over ``total`` steps (flat at 0 after them).
+
+    ``total`` is the run's, not the checkpoint's: a run resumed with a larger ``max_steps`` follows
+    the cosine over the new total from the step it resumes at (the rate rises once, to that longer
+    curve's value, then anneals to 0 at the new end), instead of climbing the old cosine's next
+    period. Checkpoints hold only the step (and those of ``CosineAnnealingLR`` before it load too)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total: int):
+        self.total = max(1, int(total))
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / self.total)))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {key: value for key, value in super().state_dict().items() if key not in ("total", "lr_lambdas")}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        kept = {key: value for key, value in state_dict.items() if key not in ("total", "T_max", "eta_min")}
+        kept["lr_lambdas"] = [None] * len(self.lr_lambdas)
+        super().load_state_dict(kept)
+        # the restored optimiser holds the old schedule's rate: continue on this run's curve at once
+        rates = [base * self.factor(self.last_epoch) for base in self.base_lrs]
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
+        self._last_lr = rates
+
+
 def with_schedule(optimizers: Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]], scheduler: str, trainer,
                   steps: Optional[Sequence[int]] = None) -> Any:
     """Optimiser(s) with a per-step learning-rate schedule, in the form ``configure_optimizers`` returns.
@@ -353,8 +382,7 @@ def with_schedule(optimizers: Union[torch.optim.Optimizer, Sequence[torch.optim.
     else:
         if steps is None:
             steps = [max(1, trainer.estimated_stepping_batches)] * len(optimizer_list)
-        schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=count)
-                     for optimizer, count in zip(optimizer_list, steps)]
+        schedules = [CosineSchedule(optimizer, count) for optimizer, count in zip(optimizer_list, steps)]
     configs = [{"scheduler": schedule, "interval": "step"} for schedule in schedules]
     if single:
         return {"optimizer": optimizers, "lr_scheduler": configs[0]}
