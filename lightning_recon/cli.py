@@ -36,7 +36,7 @@ from .compose import expand_compose, with_checkpoint_model, with_default_data, w
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
 from .messages import exit_with_error
-from .methods.callbacks import LearningRateLogger, ReconstructionPanels, ReconstructionWriter
+from .methods.callbacks import LearningRateLogger, ReconstructionPanels, ReconstructionWriter, ValidateAtEnd
 from .wandb_mode import default_wandb_mode
 
 __all__ = ["ReconCLI", "cli_main", "training_only_settings"]
@@ -309,7 +309,7 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
                     subclass_mode_data=True,
                     save_config_callback=LoggedSaveConfig,
                     save_config_kwargs={"overwrite": True},
-                    trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step")],
+                    trainer_defaults={"callbacks": [LearningRateLogger(logging_interval="step"), ValidateAtEnd()],
                                       "default_root_dir": "outputs"},
                     args=args,
                     run=run,

@@ -213,3 +213,13 @@ def test_resuming_with_a_larger_max_steps_follows_the_longer_cosine(tmp_path, mo
     assert [step for step, _ in rates.seen] == [4, 5, 6, 7]
     for step, rate in rates.seen:
         assert rate == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * step / 8)), rel=1e-6)
+
+
+def test_a_run_shorter_than_its_validation_interval_still_validates_at_its_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli = cli_main(["fit", "--config", str(CONFIGS / "model/fbp_unet.yaml"), *TINY, "--trainer.logger=false",
+                    "--model.init_args.channels=[4,4]", "--model.init_args.results_dir=null",
+                    "--trainer.max_steps=3", "--trainer.val_check_interval=500",
+                    f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}"])
+    assert cli.trainer.global_step == 3 and "val/psnr" in cli.trainer.callback_metrics
+    assert cli.trainer.checkpoint_callback.best_model_path  # a best checkpoint by val/psnr exists

@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonito
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "ReconstructionWriter", "VolumePanels",
-           "gray_to_rgb_uint8",
+__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "ReconstructionWriter", "ValidateAtEnd",
+           "VolumePanels", "gray_to_rgb_uint8",
            "panel_rows", "posterior_panel_rows", "projection_panel", "publish_panels"]
 
 
@@ -263,3 +263,13 @@ class ReconstructionWriter(BasePredictionWriter):
                 tiles.append(std * (high / max(float(std.max()), 1e-12)))  # the std stretched to the window
             row = torch.cat([_window(tile, 0.0, high).T.flip(0) for tile in tiles], dim=1)
             save_image(row[None], folder / f"{name}.png")
+
+
+class ValidateAtEnd(L.Callback):
+    """A run validates at its last step whatever ``val_check_interval`` is (a 30-step run with
+    validation every 500 steps still gets ``val/psnr``, panels and a best checkpoint): at the step
+    that reaches ``max_steps`` it asks the trainer to stop, and Lightning validates a stopping run."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
