@@ -38,6 +38,7 @@ import numpy as np
 __all__ = [
     "DataFileError", "IMAGE_SUFFIXES", "RESIZE_MODES", "DicomSliceHeader", "find_files", "natural_sort_key",
     "read_image", "read_dicom_header", "sort_dicom_series", "hu_to_attenuation", "hu_window", "resize_image",
+    "hdf5_shapes", "OpenHDF5Files",
 ]
 
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".npz", ".h5", ".hdf5", ".dcm")
@@ -722,3 +723,45 @@ def resize_image(image: Any, size: Union[int, Sequence[int]], mode: str = "resiz
     tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
     out = F.interpolate(tensor, size=size, mode="bilinear", antialias=True, align_corners=False)
     return out[0, 0].numpy().astype(np.float32, copy=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# HDF5 stacks read sample by sample (LoDoPaB-CT, measured pairs)
+# ----------------------------------------------------------------------------------------------
+
+def hdf5_shapes(path: PathLike, keys: Sequence[str], hint: str = "") -> Tuple[Tuple[int, ...], ...]:
+    """The shapes of the datasets ``keys`` of one HDF5 file; ``DataFileError`` (one line) for a
+    missing dataset (listing those present, then ``hint``) or an unreadable file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [key for key in keys if key not in f]
+            if missing:
+                raise DataFileError(f"{path}: no dataset {missing[0]!r} (found {sorted(f.keys())}){hint}", path=path)
+            return tuple(tuple(f[key].shape) for key in keys)
+    except DataFileError:
+        raise
+    except Exception as error:  # h5py raises OSError, KeyError or others on damaged files
+        raise _error(path, f"unreadable HDF5 file ({_detail(error, path)}); it may be truncated") from None
+
+
+class OpenHDF5Files:
+    """HDF5 files opened once per process and kept open (read one sample at a time): a forked
+    DataLoader worker, or an unpickled copy, opens its own instead of sharing the parent's handles."""
+
+    def __init__(self):
+        self._files: dict = {}
+        self._pid: Optional[int] = None
+
+    def __getitem__(self, path: PathLike):
+        import h5py
+
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
+        if path not in self._files:
+            self._files[path] = h5py.File(path, "r")
+        return self._files[path]
+
+    def __getstate__(self) -> dict:
+        return {"_files": {}, "_pid": None}

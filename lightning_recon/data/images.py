@@ -25,7 +25,7 @@ from ..physics.resample import BilinearResize
 from .datamodule import SPLIT_SEEDS, SplitDataModule, check_loader_settings, parse_data_range
 from .files import (DataFileError, RESIZE_MODES, find_files, hu_to_attenuation, hu_window, read_image, resize_image,
                     sort_dicom_series)
-from .simulated import noise_model, simulation_geometry
+from .simulated import indexed_generator, noise_model, simulation_geometry
 
 __all__ = ["FileSplitsDataModule", "ImageDataModule", "ImageFileDataset", "INTENSITY_MODES", "split_files"]
 
@@ -188,10 +188,6 @@ class ImageFileDataset(Dataset):
 
     check_sample = ground_truth  # the measurement is simulated from it
 
-    def noise_generator(self, index: int) -> torch.Generator:
-        state = np.random.SeedSequence([self.noise_seed, index]).generate_state(2, dtype=np.uint32)
-        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
     @torch.no_grad()
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
@@ -204,7 +200,7 @@ class ImageFileDataset(Dataset):
         simulated = self.upsample(truth) if self.upsample is not None else truth
         sinogram = self.project(simulated[None])
         if self.noise is not None:
-            sinogram = self.noise(sinogram, generator=self.noise_generator(index))
+            sinogram = self.noise(sinogram, generator=indexed_generator(self.noise_seed, index))
         return {"ground_truth": truth, "measurement": sinogram[0], "index": index}
 
 

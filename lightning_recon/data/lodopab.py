@@ -16,7 +16,6 @@ lazily in each process, so DataLoader workers never share one.
 from __future__ import annotations
 
 import math
-import os
 import re
 import warnings
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch.utils.data import Dataset
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import ParallelBeam2D
 from .datamodule import SplitDataModule, check_loader_settings, parse_data_range
-from .files import DataFileError
+from .files import DataFileError, OpenHDF5Files, hdf5_shapes
 
 __all__ = ["LODOPAB_LENGTHS", "LoDoPaBDataModule", "LoDoPaBDataset", "lodopab_geometry", "scan_lodopab"]
 
@@ -60,23 +59,8 @@ def lodopab_geometry(angle_step: int = 1, image_size: int = IMAGE_SHAPE[0], num_
                           detector_extent=math.hypot(*IMAGE_EXTENT))
 
 
+NOT_LODOPAB = "; not a LoDoPaB-CT file"
 _FILE_NAME = re.compile(r"^(ground_truth|observation)_(train|validation|test)_(\d{3})\.hdf5$")
-
-
-def _dataset_shape(path: Path) -> Tuple[int, ...]:
-    """The shape of the dataset ``data`` in ``path`` (one line naming the file on any problem)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
-                raise DataFileError(f"{path}: no dataset 'data' (found {sorted(f.keys())}); not a LoDoPaB-CT file")
-            return tuple(f["data"].shape)
-    except DataFileError:
-        raise
-    except Exception as error:  # h5py raises OSError, KeyError or others on damaged files
-        raise DataFileError(f"{path}: unreadable HDF5 file ({type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); it may be truncated") from None
 
 
 def scan_lodopab(path: Union[str, Path], part: str, image_shape: Tuple[int, int] = IMAGE_SHAPE,
@@ -105,7 +89,8 @@ def scan_lodopab(path: Union[str, Path], part: str, image_shape: Tuple[int, int]
     for number in sorted(numbers["ground_truth"]):
         truth_path = folder / f"ground_truth_{part}_{number:03d}.hdf5"
         observation_path = folder / f"observation_{part}_{number:03d}.hdf5"
-        truth_shape, observation_shape = _dataset_shape(truth_path), _dataset_shape(observation_path)
+        (truth_shape,) = hdf5_shapes(truth_path, ["data"], NOT_LODOPAB)
+        (observation_shape,) = hdf5_shapes(observation_path, ["data"], NOT_LODOPAB)
         if len(truth_shape) != 3 or truth_shape[1:] != tuple(image_shape):
             raise DataFileError(f"{truth_path}: data of shape {truth_shape}, expected (N, {image_shape[0]}, "
                                 f"{image_shape[1]})")
@@ -173,8 +158,7 @@ class LoDoPaBDataset(Dataset):
                 raise ValueError(f"length must be >= 0, got {length}")
             global_index = global_index[:length]
         self.global_index = global_index
-        self._handles: Dict[str, object] = {}
-        self._handles_pid: Optional[int] = None
+        self._files = OpenHDF5Files()
 
     @staticmethod
     def _zero_count_value(min_photon_count: Optional[float]) -> Optional[float]:
@@ -200,21 +184,9 @@ class LoDoPaBDataset(Dataset):
     def __len__(self) -> int:
         return int(self.global_index.size)
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_handles"], state["_handles_pid"] = {}, None
-        return state
-
     def _data(self, kind: str, number: int):
-        """The ``data`` dataset of one file, opened once per process (a forked worker reopens)."""
-        import h5py
-
-        if self._handles_pid != os.getpid():
-            self._handles, self._handles_pid = {}, os.getpid()
-        name = f"{kind}_{self.part}_{number:03d}.hdf5"
-        if name not in self._handles:
-            self._handles[name] = h5py.File(self.folder / name, "r")
-        return self._handles[name]["data"]
+        """The ``data`` dataset of one file (opened once per process)."""
+        return self._files[self.folder / f"{kind}_{self.part}_{number:03d}.hdf5"]["data"]
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):

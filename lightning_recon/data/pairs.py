@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import Geometry2D, ParallelBeam2D, geometry_from_dict
 from .datamodule import check_loader_settings, parse_data_range
-from .files import DataFileError, find_files, read_image
+from .files import DataFileError, OpenHDF5Files, find_files, hdf5_shapes, read_image
 from .images import FileSplitsDataModule, split_files
 from .measurements import read_sinogram
 
@@ -35,21 +35,6 @@ __all__ = ["MeasuredPairsDataModule", "MeasuredPairsDataset", "pair_items"]
 
 # one pair: ("npz", file) | ("hdf5", file, index) | ("manifest", measurement file, reference file)
 PairItem = Tuple[Any, ...]
-
-
-def _hdf5_shapes(path: Path, keys: Tuple[str, str]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in keys if k not in f]
-            if missing:
-                raise DataFileError(f"{path}: no dataset {missing[0]!r} (set measurement_key / reference_key)")
-            return tuple(f[keys[0]].shape), tuple(f[keys[1]].shape)
-    except DataFileError:
-        raise
-    except Exception as error:
-        raise DataFileError(f"{path}: unreadable HDF5 file ({type(error).__name__}); it may be truncated") from None
 
 
 def _manifest_items(path: Path) -> List[PairItem]:
@@ -81,7 +66,7 @@ def pair_items(source: Union[str, List[str]], keys: Tuple[str, str]) -> List[Pai
             if not path.is_file():
                 raise DataFileError(f"{path}: does not exist")
         elif path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
-            measurements, references = _hdf5_shapes(path, keys)
+            measurements, references = hdf5_shapes(path, keys, " (set measurement_key / reference_key)")
             if len(measurements) != 3 or len(references) != 3:
                 raise DataFileError(f"{path}: expected stacks (N, A, D) and (N, H, W), got {measurements} and {references}")
             if measurements[0] != references[0]:
@@ -113,25 +98,10 @@ class MeasuredPairsDataset(Dataset):
         self.keys = (measurement_key, reference_key)
         self.raw_scan = dict(slice_index=slice_index, binning=binning, center_offset=center_offset,
                              min_transmission=min_transmission)
-        self._handles: Dict[Path, Any] = {}
-        self._handles_pid: Optional[int] = None
+        self._files = OpenHDF5Files()
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_handles"], state["_handles_pid"] = {}, None
-        return state
-
-    def _hdf5(self, path: Path):
-        import h5py
-
-        if self._handles_pid != os.getpid():
-            self._handles, self._handles_pid = {}, os.getpid()
-        if path not in self._handles:
-            self._handles[path] = h5py.File(path, "r")
-        return self._handles[path]
 
     def _checked(self, array: np.ndarray, expected: Tuple[int, int], what: str, where: str) -> np.ndarray:
         array = np.asarray(array, dtype=np.float32)
@@ -147,7 +117,7 @@ class MeasuredPairsDataset(Dataset):
         if item[0] == "npz":
             sinogram, where = read_image(item[1], self.keys[0]), str(item[1])
         elif item[0] == "hdf5":
-            sinogram, where = self._hdf5(item[1])[self.keys[0]][item[2]], f"{item[1]} [{self.keys[0]} {item[2]}]"
+            sinogram, where = self._files[item[1]][self.keys[0]][item[2]], f"{item[1]} [{self.keys[0]} {item[2]}]"
         else:
             sinogram, where = read_sinogram(item[1], self.keys[0], **self.raw_scan), str(item[1])
         return self._checked(sinogram, self.geometry.sinogram_shape, "sinogram", where)
@@ -156,7 +126,7 @@ class MeasuredPairsDataset(Dataset):
         """The reference reconstruction of pair ``index``, float32 ``(H, W)``."""
         item = self.items[index]
         if item[0] == "hdf5":
-            reference, where = self._hdf5(item[1])[self.keys[1]][item[2]], f"{item[1]} [{self.keys[1]} {item[2]}]"
+            reference, where = self._files[item[1]][self.keys[1]][item[2]], f"{item[1]} [{self.keys[1]} {item[2]}]"
         else:
             path = item[1] if item[0] == "npz" else item[2]
             reference, where = read_image(path, self.keys[1]), str(path)

@@ -23,7 +23,7 @@ from ..physics.phantoms import PHANTOM_FAMILIES, ellipse_parameters, ellipse_pha
 from ..physics.ray_transform import RayTransform
 from ..physics.resample import BilinearResize
 
-__all__ = ["EllipsesDataset", "noise_model", "simulation_geometry", "NOISE_STREAMS"]
+__all__ = ["EllipsesDataset", "indexed_generator", "noise_model", "simulation_geometry", "NOISE_STREAMS"]
 
 NOISE_STREAMS = ("sequential", "indexed")
 
@@ -38,6 +38,13 @@ def noise_model(kind: str = "gaussian", relative_std: float = 0.025, photons: fl
     if kind == "none":
         return None
     raise ValueError(f"noise must be 'gaussian', 'poisson' or 'none', got {kind!r}")
+
+
+def indexed_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of sample ``index`` of a split seeded ``seed``: independent of order, worker
+    and rank (a 64-bit seed from ``numpy.random.SeedSequence([seed, index])``)."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def simulation_geometry(geometry: Geometry2D, image_shape) -> Geometry2D:
@@ -192,10 +199,6 @@ class EllipsesDataset(Dataset):
         v = -(rows - centre[0]) * np.sin(angle) + (cols - centre[1]) * np.cos(angle)
         return (u / semi_axes[0]) ** 2 + (v / semi_axes[1]) ** 2 <= 1.0
 
-    def noise_generator(self, index: int) -> torch.Generator:
-        state = np.random.SeedSequence([self.noise_seed, index]).generate_state(2, dtype=np.uint32)
-        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
     @torch.no_grad()
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
@@ -217,6 +220,6 @@ class EllipsesDataset(Dataset):
             z = torch.from_numpy(self._normal_stream(index)).to(sinogram.dtype)
             sinogram = self.noise(sinogram, standard_normal=z.expand_as(sinogram))
         elif self.noise is not None:
-            sinogram = self.noise(sinogram, generator=self.noise_generator(index))
+            sinogram = self.noise(sinogram, generator=indexed_generator(self.noise_seed, index))
         fbp = self.fbp(sinogram)
         return {"ground_truth": truth, "measurement": sinogram[0], "fbp": fbp[0], "index": index}
