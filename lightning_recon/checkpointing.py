@@ -21,13 +21,29 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .locks import process_alive
 
-__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable"]
+__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable", "read_lightning_checkpoint"]
 
 PARTIAL_SUFFIX = ".partial"
 
 
 class CheckpointUnreadable(RuntimeError):
     """A checkpoint file that exists but cannot be read (truncated, corrupt, not a checkpoint)."""
+
+
+def read_lightning_checkpoint(path: _PATH, mmap: bool = False) -> Dict[str, Any]:
+    """A ``train.py`` checkpoint read with ``weights_only=True`` (``mmap``: tensors mapped, not read,
+    for its hyperparameters alone). ``ValueError``, one line starting with the path, for a missing
+    file or a folder, an unreadable file (truncated, empty, text) or a file without ``state_dict``."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path} " + ("is a folder, not a checkpoint file" if Path(path).is_dir() else "does not exist"))
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+    except Exception as error:  # truncated zip, empty or text file, a pickle weights_only refuses
+        raise ValueError(f"{path} is unreadable ({type(error).__name__}): truncated, empty, or not a checkpoint?"
+                         ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
 
 
 def remove_stale_partials(folder: Path) -> None:

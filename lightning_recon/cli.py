@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .checkpointing import AtomicCheckpointIO
+from .checkpointing import AtomicCheckpointIO, read_lightning_checkpoint
 from .compose import expand_compose, with_checkpoint_model, with_default_data, with_pretrained_paths
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
@@ -141,18 +141,11 @@ class ReconCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
             return super()._parse_ckpt_path()
-        if not Path(ckpt_path).is_file():
-            exit_with_error("train.py", f"--ckpt_path {ckpt_path} " + ("is a folder, not a checkpoint file"
-                                                                       if Path(ckpt_path).is_dir() else "does not exist"))
-        try:
-            # memory-mapped: only the hyperparameters are read here; Lightning reads the checkpoint next
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
-        except Exception as error:
-            exit_with_error("train.py", f"checkpoint {ckpt_path} is unreadable ({type(error).__name__}); it may be truncated: "
-                       "resume from another checkpoint of the run")
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            exit_with_error("train.py", f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (no state_dict): "
-                                        "it resumes runs of train.py only")
+        try:  # memory-mapped: only the hyperparameters are read here; Lightning reads the checkpoint next
+            checkpoint = read_lightning_checkpoint(ckpt_path, mmap=True)
+        except ValueError as error:
+            exit_with_error("train.py", f"--ckpt_path {error} (it resumes a run of train.py from one of that "
+                                        "run's checkpoints)")
         hparams = dict(checkpoint.get("hyper_parameters", {}))
         self._measurements_take_the_checkpoint_geometry(subcommand, hparams)
         asked = self.config[subcommand].get("model")

@@ -177,11 +177,10 @@ def with_checkpoint_model(args: List[str], subcommands: bool = True) -> List[str
                       for i, arg in enumerate(args) if arg.partition("=")[0] == "--ckpt_path"), None)
     if not ckpt_path or not Path(ckpt_path).is_file() or names_class(args, "model"):
         return args
-    import torch
+    from .checkpointing import read_lightning_checkpoint
 
     try:
-        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
-        class_path = checkpoint["hyper_parameters"]["_class_path"]
-    except Exception:  # unreadable or not ours: the CLI's own checks name the problem
+        class_path = read_lightning_checkpoint(ckpt_path, mmap=True)["hyper_parameters"]["_class_path"]
+    except (ValueError, KeyError, TypeError):  # unreadable or not ours: the CLI's own checks name the problem
         return args
     return _with_class(args, "model", class_path, subcommands)

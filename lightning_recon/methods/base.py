@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from ..checkpointing import read_lightning_checkpoint
 from ..metrics import image_metrics, psnr, ssim
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
 from ..physics.geometry import Geometry2D
@@ -164,14 +165,10 @@ class ReconstructionModule(L.LightningModule):
             return
         path = resolve_checkpoint(asked)  # a shipped checkpoint's name, or a path
         try:
-            checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-        except FileNotFoundError:
-            raise ValueError(f"init_from {path} does not exist") from None
-        except Exception as error:
-            raise ValueError(f"init_from {path} is unreadable ({type(error).__name__}); it may be truncated") from None
-        saved = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-        if saved is None:
-            raise ValueError(f"init_from {path} is not a train.py checkpoint (no state_dict)")
+            checkpoint = read_lightning_checkpoint(path)
+        except ValueError as error:
+            raise ValueError(f"init_from {error}") from None
+        saved = checkpoint["state_dict"]
         holds = str(checkpoint.get("hyper_parameters", {}).get("_class_path", "a model")).rsplit(".", 1)[-1]
         own = self.state_dict()
         for key, value in own.items():

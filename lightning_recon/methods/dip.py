@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..checkpointing import read_lightning_checkpoint
 from ..nets import DeepDecoder, UNet
 from ..physics.geometry import Geometry
 from ..solvers.tv import total_variation
@@ -34,13 +35,7 @@ def pretrained_weights(path: str, net: nn.Module) -> Dict[str, torch.Tensor]:
     """The ``net.*`` weights of the Lightning checkpoint ``path`` (EDIP), checked to load into ``net``.
     ValueError, one line, when the file is unreadable (truncated, empty, not a checkpoint), is not a
     Lightning checkpoint, holds another model, or a network of other keys or shapes."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, empty or text file, a pickle weights_only refuses
-        raise ValueError(f"{path} is unreadable ({type(error).__name__}): truncated, empty, or not a checkpoint?"
-                         ) from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    checkpoint = read_lightning_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
     saved_class = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
     if saved_class and saved_class not in DIP_CHECKPOINT_CLASSES:
