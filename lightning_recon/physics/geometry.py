@@ -17,6 +17,8 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from .operator import description_from_dict, spec_from_dict
+
 __all__ = ["Geometry2D", "ParallelBeam2D", "FanBeam2D", "ConeBeam3D", "Geometry", "geometry_from_dict"]
 
 
@@ -52,13 +54,8 @@ class _PlainNumbers:
 
     @classmethod
     def from_dict(cls, values: dict):
-        """The geometry of ``to_dict()`` output (the ``type`` entry is not a field); unknown fields are an error."""
-        values = {key: value for key, value in dict(values).items() if key != "type"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected a subset of {sorted(known)}")
-        return cls(**values)
+        """The geometry of ``to_dict()`` output; unknown fields are an error."""
+        return description_from_dict(cls, values)
 
     def odl_space(self):
         """The ODL reconstruction space of ``domain_shape`` over ``extent``, centred (float32, numpy)."""
@@ -369,8 +366,6 @@ def geometry_from_dict(spec: Union[dict, "Geometry"]) -> "Geometry":
         return spec
     if not isinstance(spec, dict):
         raise ValueError(f"a geometry must be a dict of numbers or a geometry object, got {type(spec).__name__}")
-    from .operator import spec_from_dict  # the registry holds every description type, not only geometries
-
     geometry = spec_from_dict(spec)
     if not isinstance(geometry, GEOMETRY_TYPES):
         raise ValueError(f"expected a CT geometry ({', '.join(t.__name__ for t in GEOMETRY_TYPES)}), got a "

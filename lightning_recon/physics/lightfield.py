@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .operator import WeightedOperator, register_operator
+from .operator import WeightedOperator, description_from_dict, register_operator
 
 __all__ = ["LightFieldGeometry", "LightFieldModel", "load_psf_stack", "simple_psf_stack"]
 
@@ -105,10 +105,7 @@ class LightFieldGeometry:
 
     @classmethod
     def from_dict(cls, values: Union[Dict[str, Any], "LightFieldGeometry"]) -> "LightFieldGeometry":
-        if isinstance(values, cls):
-            return values
-        values = {k: v for k, v in dict(values).items() if k != "type"}
-        return cls(**values)
+        return values if isinstance(values, cls) else description_from_dict(cls, values)
 
 
 def simple_psf_stack(geometry: LightFieldGeometry) -> torch.Tensor:

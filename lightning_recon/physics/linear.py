@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .operator import WeightedOperator, register_operator
+from .operator import WeightedOperator, description_from_dict, register_operator
 
 __all__ = ["ConvolutionalDictionary", "MatrixOperator", "SparseCodingProblem"]
 
@@ -97,7 +97,7 @@ class SparseCodingProblem:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SparseCodingProblem":
-        return cls(**{k: v for k, v in dict(values).items() if k != "type"})
+        return description_from_dict(cls, values)
 
     def build_operator(self) -> WeightedOperator:
         rng = np.random.default_rng(self.seed)

@@ -26,13 +26,14 @@ turns such a dict into its operator through one registry, so configs and checkpo
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-__all__ = ["AdjointOperator", "LinearOperator", "WeightedOperator", "operator_from_dict", "register_operator",
-           "spec_from_dict"]
+__all__ = ["AdjointOperator", "LinearOperator", "WeightedOperator", "description_from_dict", "operator_from_dict",
+           "register_operator", "spec_from_dict"]
 
 
 class _Apply(torch.autograd.Function):
@@ -221,6 +222,17 @@ class WeightedOperator(LinearOperator):
 # The registry: plain-number descriptions -> operators
 # -------------------------------------------------------------------------------------------------
 _REGISTRY: Dict[str, Tuple[Callable[[dict], Any], Callable[..., LinearOperator]]] = {}
+
+
+def description_from_dict(cls, values: dict):
+    """The dataclass ``cls`` of a description dict (its ``type`` entry is not a field); unknown
+    fields are an error naming them (the parser every registered description type uses)."""
+    values = {key: value for key, value in dict(values).items() if key != "type"}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected a subset of {sorted(known)}")
+    return cls(**values)
 
 
 def register_operator(type_name: str, parse: Callable[[dict], Any], build: Callable[..., LinearOperator]) -> None:
