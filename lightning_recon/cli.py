@@ -236,20 +236,18 @@ class ReconCLI(LightningCLI):
         """Before any work: every folder the run writes accepts files (checkpoints and logs in
         ``fit``, the results table in ``test``), and a checkpoint folder set by the config is locked
         for this run (a second run writing there is refused, naming the first)."""
-        trainer, model = self.trainer, self.model
-        folders = []
+        trainer = self.trainer
+        checkpoints = getattr(trainer.checkpoint_callback, "dirpath", None) if subcommand == "fit" else None
         if subcommand == "fit":
-            folders.append(("checkpoint folder", getattr(trainer.checkpoint_callback, "dirpath", None)))
-            folders.append(("log folder", getattr(trainer.logger, "save_dir", None) if trainer.logger else None))
-            folders.append(("default_root_dir", trainer.default_root_dir))
-        if subcommand == "test":
-            folders.append(("results_dir", getattr(model, "hparams", {}).get("results_dir")))
+            folders = [("checkpoint folder", checkpoints), ("default_root_dir", trainer.default_root_dir),
+                       ("log folder", getattr(trainer.logger, "save_dir", None))]
+        else:
+            folders = [("results_dir", getattr(self.model, "hparams", {}).get("results_dir"))]
         for what, folder in folders:
             if folder:
                 check_writable(folder, what)
-        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) if subcommand == "fit" else None
-        if dirpath and trainer.is_global_zero:
-            self._lock = OutputLock(dirpath, "train.py fit").acquire()
+        if checkpoints and trainer.is_global_zero:
+            self._lock = OutputLock(checkpoints, "train.py fit").acquire()
 
     def before_fit(self) -> None:
         self._check_outputs("fit")

@@ -324,6 +324,11 @@ class TunedOnValidation:
         raise NotImplementedError
 
 
+def cosine_factor(fraction: float) -> float:
+    """The cosine annealing factor at ``fraction`` of the way (1 at the start, 0 at and after the end)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, fraction)))
+
+
 class CosineSchedule(torch.optim.lr_scheduler.LambdaLR):
     """The learning rate annealed to 0 by a cosine over ``total`` steps (flat at 0 after them).
 
@@ -337,7 +342,7 @@ class CosineSchedule(torch.optim.lr_scheduler.LambdaLR):
         super().__init__(optimizer, self.factor)
 
     def factor(self, step: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / self.total)))
+        return cosine_factor(step / self.total)
 
     def state_dict(self) -> Dict[str, Any]:
         return {key: value for key, value in super().state_dict().items() if key not in ("total", "lr_lambdas")}
@@ -373,7 +378,7 @@ def with_schedule(optimizers: Union[torch.optim.Optimizer, Sequence[torch.optim.
 
         def factor(_step: int) -> float:
             elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, elapsed / max(elapsed + remaining, 1e-9))))
+            return cosine_factor(elapsed / max(elapsed + remaining, 1e-9))
 
         schedules = [torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in optimizer_list]
     else:
