@@ -39,7 +39,7 @@ from .messages import exit_with_error
 from .methods.callbacks import LearningRateLogger, ReconstructionPanels, ReconstructionWriter, ValidateAtEnd
 from .wandb_mode import default_wandb_mode
 
-__all__ = ["ReconCLI", "cli_main", "training_only_settings"]
+__all__ = ["ReconCLI", "cli_main", "move_outputs", "training_only_settings"]
 
 
 class LoggedSaveConfig(SaveConfigCallback):
@@ -111,6 +111,29 @@ def _same_setting(a, b) -> bool:
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
 
 
+def move_outputs(config) -> None:
+    """``out: DIR`` (``--out DIR``) sets every output folder of the run from one setting: the
+    trainer's ``default_root_dir`` and the logger's ``save_dir`` (DIR), the checkpoint folder
+    (DIR/checkpoints), the model's results table (DIR/results) and ``predict``'s files
+    (DIR/predictions). Without ``out`` each keeps its own setting. ``config``: one subcommand's
+    parsed config (a jsonargparse Namespace, or the same as nested dicts)."""
+    out = config.get("out")
+    if not out:
+        return
+    out = Path(out)
+    config["trainer"]["default_root_dir"] = str(out)
+    loggers = config["trainer"].get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if init_args is not None and "save_dir" in init_args:
+            init_args["save_dir"] = str(out)
+    config["checkpoint"]["dirpath"] = str(out / "checkpoints")
+    config["writer"]["output_dir"] = str(out / "predictions")
+    model_args = config["model"].get("init_args") if config.get("model") is not None else None
+    if model_args is not None and "results_dir" in model_args:
+        model_args["results_dir"] = str(out / "results")
+
+
 class ReconCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.geometry_dict", "model.init_args.geometry", apply_on="instantiate")
@@ -128,6 +151,10 @@ class ReconCLI(LightningCLI):
         })
         parser.add_lightning_class_args(ReconstructionPanels, "panels")
         parser.add_lightning_class_args(ReconstructionWriter, "writer")  # the files of `predict`
+        parser.add_argument("--out", type=Optional[str], default=None,
+                            help="folder of every output of this run: checkpoints (OUT/checkpoints), logs (OUT), the "
+                            "results table (OUT/results) and predictions (OUT/predictions); it wins over the "
+                            "settings of each")
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's
@@ -274,6 +301,8 @@ class ReconCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         os.environ["WANDB_MODE"] = default_wandb_mode()
+        subcommand = self.config.get("subcommand")
+        move_outputs(self.config[subcommand] if subcommand else self.config)
         # TF32 for float32 matrix products on GPUs that have it (convolutions already use it by
         # default); the ray transform's sparse products are unaffected and stay float32.
         torch.set_float32_matmul_precision("high")

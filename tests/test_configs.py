@@ -22,13 +22,16 @@ COMPARED = ("seed_everything", "trainer", "data", "checkpoint", "panels", "optim
 
 
 def resolve(args) -> dict:
-    """The config ``train.py fit <args> --print_config`` prints, as plain data."""
-    from lightning_recon.cli import cli_main
+    """The config ``train.py fit <args> --print_config`` prints, as plain data, with the output
+    folders its ``out`` setting gives (as ``train.py`` sets them before building the run)."""
+    from lightning_recon.cli import cli_main, move_outputs
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
         cli_main([*args, "--print_config"], run=False)
-    return yaml.safe_load(printed.getvalue())
+    config = yaml.safe_load(printed.getvalue())
+    move_outputs(config)
+    return config
 
 
 def flatten(value, prefix=""):

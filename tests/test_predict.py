@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_recon.cli import cli_main
+from lightning_recon.results import read_results_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -115,3 +116,27 @@ def test_init_from_starts_a_new_run_from_another_run_s_weights_in_another_geomet
                   f"--trainer.default_root_dir={tmp_path / 'third'}", "--model.init_args.results_dir=null"])
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py")]
     assert exit_.value.code == 2 and "holds LearnedGD without net.steps.2." in line and "another architecture" in line
+
+
+def test_one_out_flag_moves_every_output_of_fit_test_and_predict(tmp_path, monkeypatch):
+    """``--out DIR``: checkpoints, logs, config.yaml, results table and predictions all under DIR, and
+    nothing in the default folders (the config's own paths lose to it)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    model = ["--model=lightning_recon.methods.LearnedGD", "--model.init_args.n_iter=2",
+             "--model.init_args.hidden_channels=4"]
+    logged = [arg for arg in RUN if arg != "--trainer.logger=false"]
+    elsewhere = ["--checkpoint.dirpath=elsewhere/ckpt", "--model.init_args.results_dir=elsewhere/results"]
+    cli_main(["fit", *DATA, *model, *logged, "--config", str(CONFIGS / "logger/csv.yaml"), *elsewhere,
+              f"--out={out}"])
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    assert checkpoint.exists() and list(out.glob("csv/version_*/metrics.csv"))
+    assert list(out.glob("csv/version_*/config.yaml"))
+    cli_main(["test", *DATA, *logged, f"--ckpt_path={checkpoint}", f"--out={out}"])
+    assert len(read_results_table(out / "results")) == 1
+    measurements(tmp_path / "scans", count=1)
+    cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
+              f"--data.path={tmp_path / 'scans'}", *RUN, f"--out={out}"])
+    assert (out / "predictions" / "scan0.npy").exists()
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "outputs").exists()
