@@ -1,5 +1,5 @@
 """Train, validate, test or predict with a LightningCLI: ``python train.py --help``."""
-from lightning_recon.cli import cli_main
+from lightning_recon.usage import train_main
 
 if __name__ == "__main__":
-    cli_main()
+    train_main()

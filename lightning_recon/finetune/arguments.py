@@ -7,10 +7,8 @@ import math
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-import torch
-
 from ..locks import OutputUnwritable, check_writable
-from ..methods.dip import dip_unet, pretrained_weights
+from ..pretrained import resolve_checkpoint
 
 __all__ = ["PROGRAM", "argument_problems", "dip_channels", "is_scan", "parse_arguments", "parse_slices",
            "slice_indices"]
@@ -26,8 +24,12 @@ def is_scan(path: str) -> bool:
 
 
 def parse_arguments(args: Optional[List[str]], description: str) -> argparse.Namespace:
-    """``finetune.py``'s options (``--help`` shows ``description`` first)."""
-    return _parser(description).parse_args(args)
+    """``finetune.py``'s options (``--help`` shows ``description`` first); a shipped checkpoint's
+    name given to ``--init`` becomes its file."""
+    opts = _parser(description).parse_args(args)
+    if opts.init != "random":
+        opts.init = resolve_checkpoint(opts.init)
+    return opts
 
 
 def _parser(description: str = "") -> argparse.ArgumentParser:
@@ -64,7 +66,8 @@ def _parser(description: str = "") -> argparse.ArgumentParser:
                         "iterate at its minimum (ES-WMV; 0: run all, return the lowest-loss iterate)")
     parser.add_argument("--early-stop-patience", type=int, default=300)
     parser.add_argument("--snapshot-every", type=int, default=0, help="log the image every N iterations")
-    parser.add_argument("--init", default="random", help="'random' or a checkpoint with net.* weights (EDIP)")
+    parser.add_argument("--init", default="random", help="'random', a checkpoint with net.* weights (EDIP), or the name of "
+                        "shipped EDIP weights ('ellipses-edip')")
     parser.add_argument("--network", choices=["unet", "deep-decoder", "analytic"], default="unet",
                         help="the DIP network: the U-Net, or the deep decoder (Heckel & Hand 2019: --channels per "
                         "layer, --scales layers, its own noise input); or 'analytic', the analytic deep prior "
@@ -103,8 +106,13 @@ def _parser(description: str = "") -> argparse.ArgumentParser:
 # options that only the DIP networks use: given with --network analytic they would be ignored
 DIP_ONLY_OPTIONS = ("tv_weight", "network_input", "early_stop_window", "early_stop_patience", "lr_warmup",
                     "data_loss", "photons", "snapshot_every", "channels", "scales", "iterations_per_step")
-ACCELERATORS_NEEDING = {"gpu": ("CUDA", torch.cuda.is_available), "cuda": ("CUDA", torch.cuda.is_available),
-                        "mps": ("MPS", torch.backends.mps.is_available)}
+ACCELERATORS_NEEDING = {"gpu": "CUDA", "cuda": "CUDA", "mps": "MPS"}  # (torch is imported only after --help)
+
+
+def _accelerator_available(name: str) -> bool:
+    import torch
+
+    return torch.backends.mps.is_available() if name == "MPS" else torch.cuda.is_available()
 
 
 def dip_channels(opts) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -178,8 +186,8 @@ def argument_problems(opts) -> List[str]:
         if offset is None or not math.isfinite(offset):
             problems.append(f"--center-offset must be a number of pixels or 'auto', got {opts.center_offset!r}")
     needed = ACCELERATORS_NEEDING.get(str(opts.accelerator).lower())
-    if needed and not needed[1]():
-        problems.append(f"--accelerator {opts.accelerator} needs {needed[0]}, which this machine does not have "
+    if needed and not _accelerator_available(needed):
+        problems.append(f"--accelerator {opts.accelerator} needs {needed}, which this machine does not have "
                         "(use --accelerator cpu or auto)")
     if opts.network == "analytic":
         defaults = _parser()
@@ -192,6 +200,8 @@ def argument_problems(opts) -> List[str]:
         if not Path(opts.init).is_file():
             problems.append(f"--init must be 'random' or a checkpoint file, got {opts.init!r}")
         elif opts.network == "unet" and opts.channels >= 1 and opts.scales >= 1:
+            from ..methods.dip import dip_unet, pretrained_weights
+
             try:
                 pretrained_weights(opts.init, dip_unet(*dip_channels(opts)))
             except ValueError as error:

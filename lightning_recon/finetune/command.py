@@ -1,4 +1,4 @@
-"""``finetune.py``'s entry point, :func:`main`, and its one-slice run (``--slice`` of an .h5 scan,
+"""``finetune.py``'s run after its options are parsed, :func:`run`, and its one-slice run (``--slice`` of an .h5 scan,
 or the sinogram of an .npz / .npy file); ``--slices`` is :mod:`.slices`."""
 from __future__ import annotations
 
@@ -11,24 +11,18 @@ import torch
 
 from ..locks import FolderInUse, OutputLock
 from ..messages import exit_with_error
-from .arguments import PROGRAM, argument_problems, parse_arguments
+from .arguments import PROGRAM, argument_problems
 from .fitting import NETWORK_LABELS, fit_slice, returned_iterate, run_logger
 from .inputs import center_offset, input_errors_end_the_run, measurement_problems, read_slice
 from .outputs import reference_metrics, save_image, save_loss_plot, save_preview, write_summary
 from .slices import finetune_slices
 
-__all__ = ["finetune_one_slice", "main"]
+__all__ = ["finetune_one_slice", "run"]
 
 
-def main(args: Optional[List[str]] = None) -> dict:
-    """Entry point of ``finetune.py``: Deep Image Prior (+TV) on one real measurement, or on several
-    slices of a scan in turn (``--slices``: each warm-started from the previous slice's network,
-    resumable in the same ``--out``). Returns the summary.
-
-    ``python finetune.py scan.h5 --slice 0 --num-angles 30 --iterations 2000 --out outputs/finetune``
-    ``python finetune.py scan.h5 --slices all --num-angles 30 --iterations 500 --out outputs/scan``
-    """
-    opts = parse_arguments(args, description=main.__doc__)
+def run(opts) -> dict:
+    """``finetune.py`` with parsed options (:func:`lightning_recon.finetune.main`): every check of
+    them, then one slice or ``--slices``, one run per ``--out`` folder. Returns the summary."""
     problems = argument_problems(opts)
     if problems:
         exit_with_error(PROGRAM, "; ".join(problems))
