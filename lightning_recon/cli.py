@@ -36,7 +36,8 @@ from .compose import expand_compose, with_checkpoint_model, with_default_data, w
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
 from .messages import exit_with_error
-from .methods.callbacks import LearningRateLogger, ReconstructionPanels, ReconstructionWriter, ValidateAtEnd
+from .methods.callbacks import (LearningRateLogger, ReconstructionPanels, ReconstructionWriter, ValidateAtEnd,
+                                count_steps_in_progress_bar)
 from .wandb_mode import default_wandb_mode
 
 __all__ = ["ReconCLI", "cli_main", "move_outputs", "training_only_settings"]
@@ -293,8 +294,10 @@ class ReconCLI(LightningCLI):
         self._check_outputs("test")
 
     def instantiate_trainer(self, **kwargs):
-        """The trainer, writing checkpoints atomically unless a config chose another checkpoint IO."""
+        """The trainer, writing checkpoints atomically unless a config chose another checkpoint IO, its
+        progress bar counting optimiser steps (``StepProgressBar``)."""
         trainer = super().instantiate_trainer(**kwargs)
+        count_steps_in_progress_bar(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer

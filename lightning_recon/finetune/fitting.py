@@ -17,6 +17,7 @@ import torch
 from ..wandb_mode import default_wandb_mode
 from ..data.real import Sinogram
 from ..methods.analytic_deep_prior import AnalyticDeepPrior
+from ..methods.callbacks import count_steps_in_progress_bar
 from ..methods.dip import DeepImagePrior, RepeatedMeasurement
 from .arguments import dip_channels
 
@@ -114,6 +115,7 @@ def fit_slice(opts, scan: Sinogram, reference: Optional[torch.Tensor], iteration
     trainer = L.Trainer(max_steps=iterations, accelerator=opts.accelerator, devices=1, logger=logger,
                         enable_checkpointing=False, log_every_n_steps=10, default_root_dir=str(Path(opts.out)),
                         **trainer_settings)
+    count_steps_in_progress_bar(trainer)  # the bar counts DIP iterations, not Lightning steps
     y = torch.from_numpy(scan.data)[None, None]
     with interrupts_as_keyboard_interrupt():
         interrupted = _fit_saving_on_interrupt(trainer, model, RepeatedMeasurement(y[0], iterations).loader())

@@ -35,6 +35,16 @@ class WassersteinTraining:
 
     training_only_settings = ("n_critic", "gp_weight")
 
+    @property
+    def optimizer_steps_per_batch(self) -> float:
+        """Optimiser steps per training batch: one critic step, and a generator step every ``n_critic``-th."""
+        return (self.hparams.n_critic + 1) / self.hparams.n_critic
+
+    @property
+    def generator_steps(self) -> int:
+        """Generator updates made so far (``global_step`` counts critic and generator updates)."""
+        return self.global_step // (self.hparams.n_critic + 1)
+
     def is_generator_turn(self) -> bool:
         """True on the ``n_critic``-th critic step of each cycle; from ``global_step`` so it survives resumes."""
         n_critic = self.hparams.n_critic

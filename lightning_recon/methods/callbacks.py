@@ -9,12 +9,12 @@ from typing import List, Optional
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "ReconstructionWriter", "ValidateAtEnd",
-           "VolumePanels", "gray_to_rgb_uint8",
+__all__ = ["LearningRateLogger", "PosteriorPanels", "ReconstructionPanels", "ReconstructionWriter", "StepProgressBar",
+           "ValidateAtEnd", "VolumePanels", "count_steps_in_progress_bar", "gray_to_rgb_uint8",
            "panel_rows", "posterior_panel_rows", "projection_panel", "publish_panels"]
 
 
@@ -32,6 +32,48 @@ class LearningRateLogger(LearningRateMonitor):
     def on_train_epoch_start(self, trainer, *args, **kwargs):
         if trainer.loggers:
             super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's training bar counting ``trainer.global_step``, what ``max_steps`` counts, instead
+    of batches: every optimiser step of a GAN (a critic and a generator update on one batch are two)
+    and every DIP iteration (several per batch with ``iterations_per_step``). A method that makes
+    more than one optimiser step per batch says how many in ``optimizer_steps_per_batch``; the
+    bar's total is the epoch's batches times that, capped by the steps left to ``max_steps``.
+    With ``generator_steps`` (a GAN) the bar also shows the generator updates made."""
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._epoch_start_step = trainer.global_step
+        per_batch = float(getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1))
+        total = trainer.num_training_batches * per_batch
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps - trainer.global_step)
+        self.train_progress_bar.total = total if total == float("inf") else int(round(total))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        n = trainer.global_step - self._epoch_start_step
+        bar = self.train_progress_bar
+        if bar is not None and (self._should_update(batch_idx + 1, bar.total) or n >= (bar.total or 0)):
+            bar.n = n
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        generator_steps = getattr(pl_module, "generator_steps", None)
+        if generator_steps is not None:
+            metrics["generator_steps"] = generator_steps
+        return metrics
+
+
+def count_steps_in_progress_bar(trainer: L.Trainer) -> None:
+    """Puts :class:`StepProgressBar` in the place of Lightning's default bar (same refresh rate);
+    a bar of another kind, or none, is left as it is."""
+    bar = trainer.progress_bar_callback
+    if type(bar) is TQDMProgressBar:
+        trainer.callbacks[trainer.callbacks.index(bar)] = StepProgressBar(refresh_rate=bar.refresh_rate,
+                                                                          leave=bar._leave)
 
 
 def _window(image: torch.Tensor, low: float, high: float) -> torch.Tensor:

@@ -163,6 +163,11 @@ class DeepImagePrior(SingleMeasurementModule):
         self._best_loss_value: Optional[torch.Tensor] = None  # device-side state of training_step
 
     @property
+    def optimizer_steps_per_batch(self) -> int:
+        """DIP iterations (Adam steps) per Lightning step."""
+        return self.hparams.iterations_per_step
+
+    @property
     def reconstruction(self) -> Optional[torch.Tensor]:
         """The result ``(1, 1, H, W)``: the iterate at the moving-variance minimum when the early
         stop is on, otherwise the lowest-loss iterate."""
