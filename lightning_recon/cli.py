@@ -112,27 +112,32 @@ def _same_setting(a, b) -> bool:
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
 
 
+DEFAULT_OUTPUT_FOLDERS = (None, "", "outputs", "outputs/results")  # the defaults of the folders below
+
+
 def move_outputs(config) -> None:
-    """``out: DIR`` (``--out DIR``) sets every output folder of the run from one setting: the
-    trainer's ``default_root_dir`` and the logger's ``save_dir`` (DIR), the checkpoint folder
-    (DIR/checkpoints), the model's results table (DIR/results) and ``predict``'s files
-    (DIR/predictions). Without ``out`` each keeps its own setting. ``config``: one subcommand's
+    """``out: DIR`` (``--out DIR``) sets every output folder of the run that is left at its
+    default from one setting: the trainer's ``default_root_dir`` and the logger's ``save_dir``
+    (DIR), the checkpoint folder (DIR/checkpoints), the model's results table (DIR/results) and
+    ``predict``'s files (DIR/predictions). A folder set on its own (``--checkpoint.dirpath``,
+    ``--model.init_args.results_dir``, ...) stays where it is set. ``config``: one subcommand's
     parsed config (a jsonargparse Namespace, or the same as nested dicts)."""
     out = config.get("out")
     if not out:
         return
     out = Path(out)
-    config["trainer"]["default_root_dir"] = str(out)
+
+    def fill(settings, key: str, folder: Path) -> None:
+        if settings is not None and key in settings and settings[key] in DEFAULT_OUTPUT_FOLDERS:
+            settings[key] = str(folder)
+
+    fill(config["trainer"], "default_root_dir", out)
     loggers = config["trainer"].get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
-        init_args = logger.get("init_args") if hasattr(logger, "get") else None
-        if init_args is not None and "save_dir" in init_args:
-            init_args["save_dir"] = str(out)
-    config["checkpoint"]["dirpath"] = str(out / "checkpoints")
-    config["writer"]["output_dir"] = str(out / "predictions")
-    model_args = config["model"].get("init_args") if config.get("model") is not None else None
-    if model_args is not None and "results_dir" in model_args:
-        model_args["results_dir"] = str(out / "results")
+        fill(logger.get("init_args") if hasattr(logger, "get") else None, "save_dir", out)
+    fill(config["checkpoint"], "dirpath", out / "checkpoints")
+    fill(config["writer"], "output_dir", out / "predictions")
+    fill(config["model"].get("init_args") if config.get("model") is not None else None, "results_dir", out / "results")
 
 
 class ReconCLI(LightningCLI):
@@ -154,8 +159,8 @@ class ReconCLI(LightningCLI):
         parser.add_lightning_class_args(ReconstructionWriter, "writer")  # the files of `predict`
         parser.add_argument("--out", type=Optional[str], default=None,
                             help="folder of every output of this run: checkpoints (OUT/checkpoints), logs (OUT), the "
-                            "results table (OUT/results) and predictions (OUT/predictions); it wins over the "
-                            "settings of each")
+                            "results table (OUT/results) and predictions (OUT/predictions), except those set on "
+                            "their own (--checkpoint.dirpath, --model.init_args.results_dir, ...)")
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's

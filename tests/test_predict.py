@@ -119,17 +119,15 @@ def test_init_from_starts_a_new_run_from_another_run_s_weights_in_another_geomet
 
 
 def test_one_out_flag_moves_every_output_of_fit_test_and_predict(tmp_path, monkeypatch):
-    """``--out DIR``: checkpoints, logs, config.yaml, results table and predictions all under DIR, and
-    nothing in the default folders (the config's own paths lose to it)."""
+    """``--out DIR``: checkpoints, logs, config.yaml, results table and predictions all under DIR,
+    nothing in the default folders; a folder set on its own stays where it is set."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     out = tmp_path / "run"
     model = ["--model=lightning_recon.methods.LearnedGD", "--model.init_args.n_iter=2",
              "--model.init_args.hidden_channels=4"]
     logged = [arg for arg in RUN if arg != "--trainer.logger=false"]
-    elsewhere = ["--checkpoint.dirpath=elsewhere/ckpt", "--model.init_args.results_dir=elsewhere/results"]
-    cli_main(["fit", *DATA, *model, *logged, "--config", str(CONFIGS / "logger/csv.yaml"), *elsewhere,
-              f"--out={out}"])
+    cli_main(["fit", *DATA, *model, *logged, "--config", str(CONFIGS / "logger/csv.yaml"), f"--out={out}"])
     checkpoint = out / "checkpoints" / "last.ckpt"
     assert checkpoint.exists() and list(out.glob("csv/version_*/metrics.csv"))
     assert list(out.glob("csv/version_*/config.yaml"))
@@ -139,4 +137,7 @@ def test_one_out_flag_moves_every_output_of_fit_test_and_predict(tmp_path, monke
     cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
               f"--data.path={tmp_path / 'scans'}", *RUN, f"--out={out}"])
     assert (out / "predictions" / "scan0.npy").exists()
-    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "outputs").exists()
+    cli_main(["test", *DATA, *logged, f"--ckpt_path={checkpoint}", f"--out={out}",
+              "--model.init_args.results_dir=elsewhere"])  # set on its own: there
+    assert read_results_table(tmp_path / "elsewhere") and not (tmp_path / "outputs").exists()
