@@ -39,6 +39,7 @@ from lightning_recon.methods.dip import DeepImagePrior
 from lightning_recon.solvers import tv_pdhg
 from lightning_recon.metrics import psnr, ssim
 from lightning_recon.physics import FBP, RayTransform
+from lightning_recon.pretrained import resolve_checkpoint
 
 from common import (RESULTS, add_threads_argument, first_reaching, fit_dip, load_sparse_view_case, machine_info,
                     set_threads)
@@ -74,7 +75,8 @@ def reaching(curve, seconds, level):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=["tooth", "ct_small"], default="tooth")
-    parser.add_argument("--edip", default=None, help="EDIP checkpoint (net.* weights); omitted: DIP only")
+    parser.add_argument("--edip", default=None, help="EDIP checkpoint (net.* weights) or the name of shipped "
+                        "weights ('ellipses-edip'); omitted: DIP only")
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--tv-weights", type=float, nargs="+", default=[0.015],
@@ -87,6 +89,8 @@ def main():
     add_threads_argument(parser)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.edip:
+        args.edip = resolve_checkpoint(args.edip)
     set_threads(args.threads)
     y, geometry, reference, description = load_sparse_view_case(args.case)
     results = {"case": description, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "

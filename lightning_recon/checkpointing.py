@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .locks import process_alive
 
-__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable", "read_lightning_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable", "read_lightning_checkpoint", "weights_only_copy"]
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -44,6 +44,21 @@ def read_lightning_checkpoint(path: _PATH, mmap: bool = False) -> Dict[str, Any]
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
     return checkpoint
+
+
+SHARED_KEYS = ("state_dict", "hyper_parameters", "global_step", "epoch", "pytorch-lightning_version")
+
+
+def weights_only_copy(source: _PATH, destination: _PATH) -> int:
+    """Writes the weights, hyperparameters and step of a ``train.py`` checkpoint to ``destination``,
+    without optimiser and callback state: a file to share or ship (it loads by ``--ckpt_path`` for
+    test / predict and by ``init_from``, not to resume). Returns its size in bytes.
+
+    ``python -c "from lightning_recon.checkpointing import weights_only_copy as c; c('last.ckpt', 'w.ckpt')"``
+    """
+    checkpoint = read_lightning_checkpoint(source)
+    torch.save({key: checkpoint[key] for key in SHARED_KEYS if key in checkpoint}, destination)
+    return Path(destination).stat().st_size
 
 
 def remove_stale_partials(folder: Path) -> None:

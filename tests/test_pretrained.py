@@ -36,3 +36,20 @@ def test_init_from_takes_a_shipped_checkpoint_by_name():
     model.load_initial_weights()
     assert all(torch.equal(value, saved["state_dict"][key]) for key, value in model.state_dict().items()
                if key != "cached_operator_norm")
+
+
+def test_a_weights_only_copy_drops_the_optimiser_and_predicts_as_the_run_s_checkpoint(tmp_path):
+    from lightning_recon.checkpointing import weights_only_copy
+    from lightning_recon.methods import LearnedGD
+    from tests.test_predict import fitted
+
+    checkpoint = fitted(tmp_path, ["--model=lightning_recon.methods.LearnedGD", "--model.init_args.n_iter=2",
+                                   "--model.init_args.hidden_channels=4"])
+    size = weights_only_copy(checkpoint, tmp_path / "shared.ckpt")
+    assert size < checkpoint.stat().st_size
+    copy = torch.load(tmp_path / "shared.ckpt", weights_only=True)
+    assert "optimizer_states" not in copy and copy["global_step"] == 2
+    original = LearnedGD.load_from_checkpoint(checkpoint, weights_only=True)
+    shared = LearnedGD.load_from_checkpoint(tmp_path / "shared.ckpt", weights_only=True)
+    for key, value in original.state_dict().items():
+        assert torch.equal(value, shared.state_dict()[key]), key
