@@ -141,3 +141,24 @@ def test_one_out_flag_moves_every_output_of_fit_test_and_predict(tmp_path, monke
     cli_main(["test", *DATA, *logged, f"--ckpt_path={checkpoint}", f"--out={out}",
               "--model.init_args.results_dir=elsewhere"])  # set on its own: there
     assert read_results_table(tmp_path / "elsewhere") and not (tmp_path / "outputs").exists()
+
+
+def test_predict_in_ddp_writes_every_input_once_from_its_own_rank(tmp_path, monkeypatch):
+    """Two CPU processes: each rank writes the reconstructions of its own share of the inputs, and
+    together every input's files exist with the model's values (the sampler pads 3 inputs to 4)."""
+    from lightning_recon.methods import LearnedGD
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    checkpoint = fitted(tmp_path, ["--model=lightning_recon.methods.LearnedGD", "--model.init_args.n_iter=2",
+                                   "--model.init_args.hidden_channels=4"])
+    sinograms = measurements(tmp_path / "scans")
+    cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
+              f"--data.path={tmp_path / 'scans'}", "--data.init_args.batch_size=1", *RUN, "--trainer.devices=2",
+              "--trainer.strategy=ddp_spawn", f"--out={tmp_path / 'run'}"])
+    model = LearnedGD.load_from_checkpoint(checkpoint, weights_only=True).eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(sinograms)[:, None])[:, 0].numpy()
+    written = sorted(p.name for p in (tmp_path / "run" / "predictions").glob("*.npy"))
+    assert written == ["scan0.npy", "scan1.npy", "scan2.npy"]
+    for i in range(3):
+        np.testing.assert_allclose(np.load(tmp_path / "run" / "predictions" / f"scan{i}.npy"), expected[i], atol=1e-5)
