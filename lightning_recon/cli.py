@@ -35,7 +35,7 @@ from .checkpointing import AtomicCheckpointIO, read_lightning_checkpoint
 from .compose import expand_compose, with_checkpoint_model, with_default_data, with_pretrained_paths
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
-from .messages import exit_with_error
+from .messages import exit_with_error, quiet_library_notes
 from .methods.callbacks import (LearningRateLogger, ReconstructionPanels, ReconstructionWriter, ValidateAtEnd,
                                 count_steps_in_progress_bar)
 from .wandb_mode import default_wandb_mode
@@ -321,6 +321,7 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> ReconCLI:
     files with a ``compose:`` list are expanded first (``expand_compose``); the copies without the
     key live in a temporary folder while the CLI parses (and runs)."""
     given = sys.argv[1:] if args is None else args
+    quiet_library_notes()
     with tempfile.TemporaryDirectory(prefix="lightning_recon-compose-") as folder:
         if isinstance(given, (list, tuple)):  # (LightningCLI also takes a dict or Namespace: as it is)
             expanded = with_pretrained_paths(expand_compose(list(given), Path(folder)))
