@@ -29,7 +29,27 @@ def parse_arguments(args: Optional[List[str]], description: str) -> argparse.Nam
     opts = _parser(description).parse_args(args)
     if opts.init != "random":
         opts.init = resolve_checkpoint(opts.init)
+    saved = _checkpoint_network(opts.init) if opts.init != "random" and opts.network == "unet" else {}
+    for name, default in UNSET_DEFAULTS.items():
+        if getattr(opts, name) is None:
+            setattr(opts, name, saved.get(name, default))
     return opts
+
+
+UNSET_DEFAULTS = {"channels": 64, "scales": 5}  # --channels / --scales when neither they nor --init say
+
+
+def _checkpoint_network(path: str) -> dict:
+    """``channels`` and ``scales`` of the U-Net in an EDIP / DIP checkpoint (``{}`` when the file
+    does not say; its problems are reported by :func:`argument_problems`)."""
+    import torch
+
+    try:
+        saved = torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters", {})
+        channels = [int(c) for c in saved["channels"]]
+    except Exception:  # missing, unreadable or another kind of checkpoint: checked later, in one line
+        return {}
+    return {"channels": channels[0], "scales": len(channels)} if len(set(channels)) == 1 else {}
 
 
 def _parser(description: str = "") -> argparse.ArgumentParser:
@@ -82,8 +102,9 @@ def _parser(description: str = "") -> argparse.ArgumentParser:
                         "the result does not depend on it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is often fastest for small images on few cores)")
-    parser.add_argument("--channels", type=int, default=64, help="U-Net channels at every scale")
-    parser.add_argument("--scales", type=int, default=5)
+    parser.add_argument("--channels", type=int, default=None,
+                        help="U-Net channels at every scale (default: the --init checkpoint's, else 64)")
+    parser.add_argument("--scales", type=int, default=None, help="(default: the --init checkpoint's, else 5)")
     parser.add_argument("--reference", default=None,
                         help="'full-fbp' (FBP from all angles of the .h5 scan) or a .npy image, for PSNR/SSIM")
     parser.add_argument("--accelerator", default="auto")
@@ -192,7 +213,7 @@ def argument_problems(opts) -> List[str]:
     if opts.network == "analytic":
         defaults = _parser()
         given = [f"--{name.replace('_', '-')}" for name in DIP_ONLY_OPTIONS
-                 if getattr(opts, name) != defaults.get_default(name)]
+                 if getattr(opts, name) != UNSET_DEFAULTS.get(name, defaults.get_default(name))]
         if given:
             problems.append(f"--network analytic does not use {', '.join(given)} (DIP options); leave "
                             f"{'it' if len(given) == 1 else 'them'} out")
