@@ -44,7 +44,7 @@ fi
 
 if [ "$SPEED" = 1 ]; then
     stamp "training speed, old vs new path"
-    python bench/train_speed.py $SPEED_ARGS --json "$OUT/train_speed.json" 2>&1 | grep -v Warning
+    python bench/train_speed.py --paths --threads 0 $SPEED_ARGS --json "$OUT/train_speed.json" 2>&1 | grep -v Warning
 fi
 
 if [ "$DIP_SPEED" = 1 ]; then

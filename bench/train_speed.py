@@ -1,4 +1,28 @@
-"""Training steps per second with data included: the old path against the new one, side by side.
+"""Training steps per second, two comparisons.
+
+**Variants** (default): one model's training step on one fixed batch (the model alone, no data
+loading) in five variants side by side, at the ``make demo`` sizes (``ellipses-small``: 64², 30
+angles, batch 8; learned GD as ``configs/experiment/demo_cpu.yaml``, learned PD and FBP + U-Net as
+``configs/model/*.yaml``):
+
+- ``fp32``: float32, eager (the default, every ratio is to it);
+- ``channels_last``: weights in channels-last memory layout (the modules' ``channels_last`` setting);
+- ``bf16``: bf16 autocast around the reconstruction (the operator stays float32, the loss float32);
+- ``compile``: ``torch.compile(fullgraph=True)`` of forward and loss (the backward compiled with
+  them; the operator is one custom op inside the graph, ``physics/operator.py``);
+- ``all``: the three together.
+
+One step = forward, MSE loss, backward, AdamW update. The variants run alternately in ``--rounds``
+rounds of ``--steps`` timed steps each (the order rotating every round), so that a change in the
+machine's load hits them all alike; the table shows the median steps/s over rounds and its ratio to
+``fp32``. Compilation happens in the ``--warmup`` steps and is reported apart (``compile_s``).
+Prints a markdown table and writes JSON (``--out``, default ``bench/results/train_speed_variants-<device>.json``).
+
+    python bench/train_speed.py --threads 1                                   # CPU, demo sizes
+    python bench/train_speed.py --threads 1 --steps 2 --rounds 1 --warmup 1   # a quick check that it runs
+
+**Paths** (``--paths``): the old data path against the new one, data included (the GPU comparison
+of ``bench/gpu_session.sh``):
 
 - ``old``: samples simulated by DataLoader workers on the CPU (``simulate_on="cpu"``), float32, the
   operator's NaN check (one host synchronisation per operator call) switched back on.
@@ -14,24 +38,29 @@ and 20 timed steps with 12 workers: its "old" figures are inflated, see docs/ben
 Prints a markdown table (steps/s and the new/old ratio, measured in this one run) and writes
 JSON; with ``--profile`` adds the top CUDA kernels of one learned-PD step.
 
-    python bench/train_speed.py --device cuda --steps 150 --warmup 40 --workers 14
-    python bench/train_speed.py --device cpu --steps 3 --batch-size 4 --preset ellipses-small --workers 1
+    python bench/train_speed.py --paths --device cuda --steps 150 --warmup 40 --workers 14
+    python bench/train_speed.py --paths --device cpu --steps 3 --batch-size 4 --preset ellipses-small --workers 1
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from lightning_recon.data import SimulatedCTDataModule
 from lightning_recon.methods import FBPUNet, LearnedGD, LearnedPD
+from lightning_recon.threads import choose_threads
 
-from common import add_device_argument, machine_info, synchronize
+from common import (RESULTS, add_device_argument, add_threads_argument, first_samples, machine_info, set_threads,
+                    synchronize)
 
 MODELS = {"FBPUNet": (FBPUNet, dict(channels=[32, 32, 64, 64, 128], norm="batch")),
           "LearnedGD": (LearnedGD, {}), "LearnedPD": (LearnedPD, {})}
@@ -94,18 +123,8 @@ def profile_step(data, device, steps: int = 3) -> list:
              "ms_per_step": e.device_time_total / 1e3 / steps, "calls_per_step": e.count / steps} for e in kernels[:12]]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_device_argument(parser)
-    parser.add_argument("--preset", default="ellipses-30")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--warmup", type=int, default=40, help="untimed steps first (> 2 × workers)")
-    parser.add_argument("--workers", type=int, default=14, help="DataLoader workers of the old path")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--json", default="bench/results/train_speed.json")
-    args = parser.parse_args(argv)
+def run_paths(args) -> None:
+    """The old data path against the new one (module docstring, ``--paths``)."""
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = False
     torch.set_float32_matmul_precision("high")
@@ -165,10 +184,198 @@ def main(argv=None):
         print("| kernel (learned PD, new path) | share of CUDA time | ms/step | calls/step |\n|---|---|---|---|")
         for k in result["profile_learned_pd"]:
             print(f"| {k['kernel']} | {k['share']:.1%} | {k['ms_per_step']:.2f} | {k['calls_per_step']:.0f} |")
-    out = Path(args.json)
+    out = Path(args.out or RESULTS / "train_speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
+
+
+
+# -------------------------------------------------------------------------------------------------
+# Variants: fp32 / channels_last / bf16 / compile / all, the model alone, at the demo's sizes
+# -------------------------------------------------------------------------------------------------
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+VARIANTS = {  # name -> (channels_last, bf16, compile)
+    "fp32": (False, False, False),
+    "channels_last": (True, False, False),
+    "bf16": (False, True, False),
+    "compile": (False, False, True),
+    "all": (True, True, True),
+}
+DEMO_MODELS = {  # model -> the config file whose model.init_args give its architecture
+    "LearnedGD": CONFIGS / "experiment" / "demo_cpu.yaml",
+    "LearnedPD": CONFIGS / "model" / "learned_pd.yaml",
+    "FBPUNet": CONFIGS / "model" / "fbp_unet.yaml",
+}
+
+
+def architecture(name: str) -> dict:
+    """The architecture arguments of ``name`` in its config (the class's own ``__init__`` arguments
+    there, optimiser settings left out)."""
+    cls = MODELS[name][0]
+    own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "betas"}
+    init_args = yaml.safe_load(DEMO_MODELS[name].read_text())["model"]["init_args"]
+    return {key: value for key, value in init_args.items() if key in own}
+
+
+class VariantRun:
+    """One model in one variant: its module, AdamW, and the (possibly compiled) forward + loss."""
+
+    def __init__(self, name: str, variant: str, geometry: dict, batch: dict, device: torch.device,
+                 compile_backend: str):
+        channels_last, bf16, compiled = VARIANTS[variant]
+        torch.manual_seed(0)  # every variant starts from the same weights
+        model = MODELS[name][0](geometry=geometry, results_dir=None, **architecture(name)).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        with torch.no_grad():  # ‖A‖ of the unrolled methods, computed once outside the graph
+            model.reconstruct(batch)
+        self.model = model.train()
+        self.batch = batch
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+        def forward_loss(batch):
+            with autocast():
+                pred = model.reconstruct(batch)
+            return torch.nn.functional.mse_loss(pred.float(), batch["ground_truth"])
+
+        self.forward_loss = torch.compile(forward_loss, fullgraph=True, backend=compile_backend) if compiled \
+            else forward_loss
+        self.device = device
+        self.compiled = compiled
+        self.first_step_seconds = None
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.forward_loss(self.batch).backward()
+        self.optimizer.step()
+
+    def warm_up(self, steps: int) -> None:
+        """``steps`` untimed steps (at least 1), the first one timed: for a compiled variant, its time
+        less a timed step's is the compile time (:meth:`compile_time`)."""
+        start = time.perf_counter()
+        self.step()
+        synchronize(self.device)
+        self.first_step_seconds = time.perf_counter() - start
+        for _ in range(max(0, steps - 1)):
+            self.step()
+
+    def compile_time(self, steps_per_second: float):
+        """Seconds the first step took beyond a timed step's: compilation (None when not compiled)."""
+        return max(0.0, self.first_step_seconds - 1.0 / steps_per_second) if self.compiled else None
+
+    def steps_per_second(self, steps: int) -> float:
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        synchronize(self.device)
+        return steps / (time.perf_counter() - start)
+
+
+def run_variants(args) -> None:
+    """Every ``--models`` × ``--variants``, alternating in rounds (module docstring)."""
+    device = torch.device(args.device)
+    policy_threads = choose_threads()  # what lightning_recon.threads would choose here, at start-up
+    unknown = set(args.models) - set(DEMO_MODELS)
+    if unknown:
+        raise SystemExit(f"--models: no demo configuration for {sorted(unknown)} (known: {sorted(DEMO_MODELS)})")
+    if "fp32" not in args.variants:
+        raise SystemExit("--variants must include fp32 (the reference of every ratio)")
+    data = SimulatedCTDataModule(args.preset, batch_size=args.batch_size, train_length=args.batch_size)
+    batch = {key: value.to(device) for key, value in
+             first_samples(data, "train", args.batch_size, keys=["ground_truth", "measurement", "fbp"]).items()}
+    print(f"{args.preset}: images {tuple(batch['ground_truth'].shape)}, "
+          f"measurements {tuple(batch['measurement'].shape)}, {args.rounds} round(s) x {args.steps} step(s) per "
+          f"variant, {args.warmup} warm-up step(s)", flush=True)
+
+    rows = []
+    for name in args.models:
+        runs, row = {}, {"model": name, "architecture": architecture(name), "variants": {}}
+        for variant in args.variants:
+            try:
+                run = VariantRun(name, variant, data.geometry_dict, batch, device, args.compile_backend)
+                run.warm_up(args.warmup)
+                runs[variant] = run
+                row["variants"][variant] = {"steps_per_second": []}
+            except Exception as error:  # a variant this machine or torch cannot do: recorded, the others go on
+                row["variants"][variant] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+                print(f"{name} {variant}: {row['variants'][variant]['error']}", flush=True)
+        order = list(runs)
+        for round_index in range(args.rounds):
+            shift = round_index % max(1, len(order))
+            for variant in order[shift:] + order[:shift]:
+                row["variants"][variant]["steps_per_second"].append(runs[variant].steps_per_second(args.steps))
+        for variant, result in row["variants"].items():
+            if "error" not in result:
+                result["median"] = statistics.median(result["steps_per_second"])
+                result["compile_s"] = runs[variant].compile_time(result["median"])
+        reference = row["variants"].get("fp32", {}).get("median")
+        for result in row["variants"].values():
+            if "median" in result and reference:
+                result["ratio_to_fp32"] = result["median"] / reference
+        rows.append(row)
+        print(f"{name}: " + ", ".join(f"{v} {r.get('median', float('nan')):.2f}/s" for v, r in row["variants"].items()),
+              flush=True)
+        del runs
+
+    threads = torch.get_num_threads()
+    print(f"\nsteps/s (ratio to fp32), {args.preset} batch {args.batch_size}, {device.type}, {threads} thread(s), "
+          f"median of {args.rounds} round(s) x {args.steps} steps; compile: {args.compile_backend}")
+    print("| model | " + " | ".join(args.variants) + " | compile time |\n|---|" + "---|" * (len(args.variants) + 1))
+    for row in rows:
+        cells = []
+        for variant in args.variants:
+            result = row["variants"][variant]
+            cells.append("error" if "error" in result else
+                         f"{result['median']:.2f} ({result.get('ratio_to_fp32', float('nan')):.2f}×)")
+        compile_times = [f"{variant}: {result['compile_s']:.0f} s" for variant, result in row["variants"].items()
+                         if result.get("compile_s") is not None]
+        print(f"| {row['model']} | " + " | ".join(cells) + f" | {', '.join(compile_times) or '-'} |")
+    result = dict(machine_info=machine_info(), threads=threads, policy_threads=policy_threads, device=str(device),
+                  preset=args.preset, batch=args.batch_size, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
+                  compile_backend=args.compile_backend, variants={k: dict(zip(("channels_last", "bf16", "compile"), v))
+                                                                  for k, v in VARIANTS.items() if k in args.variants},
+                  models=rows)
+    out = Path(args.out or RESULTS / f"train_speed_variants-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_device_argument(parser)
+    add_threads_argument(parser)
+    parser.add_argument("--paths", action="store_true", help="the old data path against the new one, data included")
+    parser.add_argument("--preset", default=None,
+                        help="data preset (default: ellipses-small; with --paths ellipses-30)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 (the demo's); with --paths 32")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (per variant and round; default 5; "
+                        "with --paths 150)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps first (default 3, compilation included; with --paths 40: > 2 x workers)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over the variants (variants only)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled variants")
+    parser.add_argument("--workers", type=int, default=14, help="DataLoader workers of the old path (--paths)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--profile", action="store_true", help="--paths on CUDA: the top kernels of learned PD")
+    parser.add_argument("--out", "--json", dest="out", default=None, help="JSON output (default under bench/results/)")
+    args = parser.parse_args(argv)
+    defaults = dict(preset="ellipses-30", batch_size=32, steps=150, warmup=40) if args.paths else \
+        dict(preset="ellipses-small", batch_size=8, steps=5, warmup=3)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if min(args.steps, args.rounds, args.batch_size) < 1 or args.warmup < 0:
+        raise SystemExit("--steps, --rounds and --batch-size must be >= 1, --warmup >= 0")
+    set_threads(args.threads)
+    if args.paths:
+        run_paths(args)
+    else:
+        run_variants(args)
 
 
 if __name__ == "__main__":

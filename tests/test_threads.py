@@ -1,0 +1,106 @@
+"""The thread policy (lightning_recon/threads.py): explicit setting > OMP_NUM_THREADS > free cores
+(affinity less the 1-minute load average, at least 1), OMP_WAIT_POLICY=PASSIVE when unset."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lightning_recon import threads
+
+
+@pytest.fixture(autouse=True)
+def machine(monkeypatch):
+    """A fake machine: 8 cores, this process allowed on 4 of them, idle; no OMP_* settings.
+    Tests change ``machine["load"]`` / ``machine["affinity"]``; torch's thread count is restored."""
+    state = {"cpu_count": 8, "affinity": {0, 1, 2, 3}, "load": 0.0}
+    monkeypatch.setattr(os, "cpu_count", lambda: state["cpu_count"])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(state["affinity"]), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (state["load"], 0.0, 0.0))
+    for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
+        monkeypatch.setenv(key, "")  # recorded, so teardown restores the variable however a test changed it
+        monkeypatch.delenv(key)
+    before = torch.get_num_threads()
+    yield state
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("load,expected", [
+    (0.0, 4),    # idle machine: every core of the affinity
+    (3.0, 4),    # 5 of 8 idle, but only 4 usable
+    (5.0, 3),    # 3 idle
+    (5.6, 2),    # 2.4 idle: a core counts when more than half idle
+    (5.4, 3),    # 2.6 idle
+    (7.9, 1),    # all busy: still one
+    (40.0, 1),   # overloaded
+])
+def test_free_cores_are_the_affinity_less_the_load(machine, load, expected):
+    machine["load"] = load
+    assert threads.choose_threads() == expected
+
+
+def test_affinity_limits_and_its_absence_falls_back_to_cpu_count(machine, monkeypatch):
+    machine["affinity"] = {5}
+    assert threads.choose_threads() == 1
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert threads.choose_threads() == 8
+    monkeypatch.setattr(os, "getloadavg", lambda: (_ for _ in ()).throw(OSError("no load average")))
+    assert threads.choose_threads() == 8  # no load figure: taken as idle
+
+
+def test_omp_num_threads_wins_over_the_machine(machine, monkeypatch):
+    machine["load"] = 7.9
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert threads.choose_threads() == 6  # even above the free or usable cores: it was asked for
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,2")  # nested list: the outer level
+    assert threads.choose_threads() == 3
+    for unusable in ("", "abc", "0", "-2"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert threads.choose_threads() == 1  # ignored: the machine's rule
+
+
+def test_an_explicit_setting_wins_over_everything(machine, monkeypatch):
+    machine["load"] = 7.9
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert threads.choose_threads(2) == 2
+    for wrong in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="positive integer"):
+            threads.choose_threads(wrong)
+
+
+def test_apply_sets_torch_threads_and_leaves_room_for_workers(machine, monkeypatch):
+    machine["load"] = 1.0  # 7 idle, 4 usable
+    assert threads.apply_thread_policy() == 4 == torch.get_num_threads()
+    assert threads.apply_thread_policy(num_workers=1) == 3 == torch.get_num_threads()
+    assert threads.apply_thread_policy(num_workers=10) == 1 == torch.get_num_threads()
+    assert threads.apply_thread_policy(2, num_workers=10) == 2  # explicit: taken as it is
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.apply_thread_policy(num_workers=2) == 3 == torch.get_num_threads()
+    with pytest.raises(ValueError, match="num_workers"):
+        threads.apply_thread_policy(num_workers=-1)
+
+
+def test_apply_sets_a_passive_wait_policy_only_when_unset(monkeypatch):
+    threads.apply_thread_policy(1)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    threads.apply_thread_policy(1)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_wait_policy_reaches_openmp_when_applied_before_torch_is_imported():
+    """libgomp reads its environment once, while ``import torch`` loads it: with the policy applied
+    first, its spin count (shown by ``OMP_DISPLAY_ENV=VERBOSE``) is 0 instead of the default."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    env.update(OMP_DISPLAY_ENV="VERBOSE", OMP_NUM_THREADS="1")
+    code = ("import sys; from lightning_recon.threads import apply_thread_policy; "
+            "assert 'torch' not in sys.modules; print('threads', apply_thread_policy())")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "threads 1" in run.stdout
+    if "GOMP_SPINCOUNT" not in run.stderr:
+        pytest.skip("torch's OpenMP runtime is not libgomp (no GOMP_SPINCOUNT in OMP_DISPLAY_ENV)")
+    assert "GOMP_SPINCOUNT = '0'" in run.stderr
