@@ -36,6 +36,7 @@ from .compose import expand_compose, with_checkpoint_model, with_default_data, w
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
 from .messages import exit_with_error, quiet_library_notes
+from .threads import apply_thread_policy
 from .methods.callbacks import (LearningRateLogger, ReconstructionPanels, ReconstructionWriter, ValidateAtEnd,
                                 count_steps_in_progress_bar)
 from .wandb_mode import default_wandb_mode
@@ -161,6 +162,9 @@ class ReconCLI(LightningCLI):
                             help="folder of every output of this run: checkpoints (OUT/checkpoints), logs (OUT), the "
                             "results table (OUT/results) and predictions (OUT/predictions), except those set on "
                             "their own (--checkpoint.dirpath, --model.init_args.results_dir, ...)")
+        parser.add_argument("--threads", type=Optional[int], default=None,
+                            help="torch CPU threads (default: the cores free to this run less its loader workers, "
+                            "or OMP_NUM_THREADS; lightning_recon.threads)")
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's
@@ -310,7 +314,14 @@ class ReconCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         os.environ["WANDB_MODE"] = default_wandb_mode()
         subcommand = self.config.get("subcommand")
-        move_outputs(self.config[subcommand] if subcommand else self.config)
+        config = self.config[subcommand] if subcommand else self.config
+        move_outputs(config)
+        data_args = config["data"].get("init_args") if config.get("data") is not None else None
+        try:
+            threads = apply_thread_policy(config.get("threads"), num_workers=int((data_args or {}).get("num_workers") or 0))
+        except ValueError as error:
+            exit_with_error("train.py", f"--{error}")
+        rank_zero_info(f"torch CPU threads: {threads}")
         # TF32 for float32 matrix products on GPUs that have it (convolutions already use it by
         # default); the ray transform's sparse products are unaffected and stay float32.
         torch.set_float32_matmul_precision("high")

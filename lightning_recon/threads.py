@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["apply_thread_policy", "choose_threads", "free_cores"]
+__all__ = ["apply_thread_policy", "choose_threads", "free_cores", "prefer_passive_waiting"]
 
 
 def _usable_cores() -> int:
@@ -92,6 +92,11 @@ def choose_threads(setting: Optional[int] = None) -> int:
     return free_cores()
 
 
+def prefer_passive_waiting() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless set: entry points call it before they import torch."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def apply_thread_policy(setting: Optional[int] = None, num_workers: int = 0) -> int:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` if unset (see the module docstring for when it takes effect),
     then ``torch.set_num_threads`` to :func:`choose_threads` (``setting`` or ``OMP_NUM_THREADS`` as
@@ -99,7 +104,7 @@ def apply_thread_policy(setting: Optional[int] = None, num_workers: int = 0) -> 
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP, if it has not yet
+    prefer_passive_waiting()  # before torch loads OpenMP, if it has not yet
     threads = choose_threads(setting)
     if _explicit(setting) is None and _omp_num_threads() is None:
         threads = max(1, threads - num_workers)

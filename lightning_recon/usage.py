@@ -28,6 +28,7 @@ common options (after the subcommand):
                         the data module and the method, with --data.init_args.NAME / --model.init_args.NAME
   --trainer.NAME VALUE  any Lightning Trainer setting (max_steps, accelerator, precision, ...)
   --out DIR             one folder for every output: checkpoints, logs, results table, predictions
+  --threads N           torch CPU threads (default: the cores free to this run, or OMP_NUM_THREADS)
   --ckpt_path PATH      resume a run (fit), or the weights to test / predict with; also the name of
                         shipped weights (ellipses-small-learned-gd)
   --print_config        print the resolved configuration and exit
@@ -48,6 +49,9 @@ def train_main(argv: Optional[List[str]] = None):
     if list(given) in (["-h"], ["--help"]):
         print(TRAIN_USAGE)
         return None
+    from .threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch is imported (lightning_recon.threads)
     from .cli import cli_main
 
     return cli_main(argv)

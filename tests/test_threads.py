@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +105,23 @@ def test_wait_policy_reaches_openmp_when_applied_before_torch_is_imported():
     if "GOMP_SPINCOUNT" not in run.stderr:
         pytest.skip("torch's OpenMP runtime is not libgomp (no GOMP_SPINCOUNT in OMP_DISPLAY_ENV)")
     assert "GOMP_SPINCOUNT = '0'" in run.stderr
+
+
+def test_train_py_applies_the_thread_policy_and_takes_threads(monkeypatch, capsys):
+    import torch
+
+    from lightning_recon.cli import cli_main
+
+    config = ["--config", str(Path(__file__).resolve().parents[1] / "configs/experiment/demo_cpu.yaml")]
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        cli_main([*config, "--threads", "1"], run=False)  # the setting wins over OMP_NUM_THREADS
+        assert torch.get_num_threads() == 1
+        cli_main(config, run=False)  # then OMP_NUM_THREADS
+        assert torch.get_num_threads() == 2
+        with pytest.raises(SystemExit) as ended:
+            cli_main([*config, "--threads", "0"], run=False)
+        assert ended.value.code == 2 and "--threads must be a positive integer" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -31,6 +31,9 @@ def main(args: Optional[List[str]] = None) -> dict:
     ``python finetune.py scan.npy --image-size 256 --init ellipses-edip`` (shipped EDIP weights)
     """
     opts = parse_arguments(args, description=main.__doc__)
+    from ..threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch is imported (lightning_recon.threads)
     from .command import run
 
     return run(opts)

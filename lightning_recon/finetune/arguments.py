@@ -101,7 +101,8 @@ def _parser(description: str = "") -> argparse.ArgumentParser:
                         help="DIP iterations per Lightning step (bookkeeping on the device, one host read per step; "
                         "the result does not depend on it)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's; 1 is often fastest for small images on few cores)")
+                        help="torch CPU threads (default: the cores free to this run, or OMP_NUM_THREADS; "
+                        "lightning_recon.threads)")
     parser.add_argument("--channels", type=int, default=None,
                         help="U-Net channels at every scale (default: the --init checkpoint's, else 64)")
     parser.add_argument("--scales", type=int, default=None, help="(default: the --init checkpoint's, else 5)")

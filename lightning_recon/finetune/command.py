@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-import torch
 
 from ..locks import FolderInUse, OutputLock
 from ..messages import exit_with_error, quiet_library_notes
+from ..threads import apply_thread_policy
 from .arguments import PROGRAM, argument_problems
 from .fitting import NETWORK_LABELS, fit_slice, returned_iterate, run_logger
 from .inputs import center_offset, input_errors_end_the_run, measurement_problems, read_slice
@@ -27,8 +27,7 @@ def run(opts) -> dict:
     if problems:
         exit_with_error(PROGRAM, "; ".join(problems))
     quiet_library_notes()
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
+    apply_thread_policy(opts.threads)
     lock = OutputLock(opts.out, PROGRAM)  # one run per --out: a second one would mix its slices in
     try:
         lock.acquire()
