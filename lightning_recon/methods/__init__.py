@@ -4,14 +4,17 @@ from .analytic_deep_prior import AnalyticDeepPrior
 from .base import ReconstructionModule
 from .classical import FBPBaseline, TVBaseline
 from .cwgan import ConditionalWGAN
+from .denoiser import DenoiserModule
 from .generative_priors import GANPrior, VAEPrior
 from .generative_regulariser import GenerativeRegulariser
 from .learned_iterative import LearnedGD, LearnedPD
+from .plug_and_play import PlugAndPlay, UnfoldedHQS
 from .post_processing import EDIPPretrain, FBPUNet
 from .callbacks import VolumePanels
 from .dip import DeepImagePrior
 from .sparse import ISTABaseline, LearnedISTA, SparseRecoveryModule
 
-__all__ = ["AnalyticDeepPrior", "ConditionalWGAN", "DeepImagePrior", "EDIPPretrain", "FBPBaseline", "FBPUNet", "GANPrior",
-           "GenerativeRegulariser", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD", "ReconstructionModule",
-           "SparseRecoveryModule", "TVBaseline", "VAEPrior", "VolumePanels"]
+__all__ = ["AnalyticDeepPrior", "ConditionalWGAN", "DeepImagePrior", "DenoiserModule", "EDIPPretrain", "FBPBaseline",
+           "FBPUNet", "GANPrior", "GenerativeRegulariser", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD",
+           "PlugAndPlay", "ReconstructionModule", "SparseRecoveryModule", "TVBaseline", "UnfoldedHQS", "VAEPrior",
+           "VolumePanels"]

@@ -2,10 +2,11 @@
 from .conditional_generator import ConditionalGenerator
 from .critic import ConvCritic
 from .deep_decoder import DeepDecoder
+from .denoisers import DRUNet, LiftingDenoiser, LiftingScheme
 from .latent_decoder import ImageDecoder, ImageEncoder
 from .lista import LISTA
 from .unet import UNet
 from .unrolled import LearnedGradientDescent, LearnedPrimalDual
 
-__all__ = ["ConditionalGenerator", "ConvCritic", "DeepDecoder", "ImageDecoder", "ImageEncoder", "LISTA",
-           "LearnedGradientDescent", "LearnedPrimalDual", "UNet"]
+__all__ = ["ConditionalGenerator", "ConvCritic", "DRUNet", "DeepDecoder", "ImageDecoder", "ImageEncoder", "LISTA",
+           "LearnedGradientDescent", "LearnedPrimalDual", "LiftingDenoiser", "LiftingScheme", "UNet"]
