@@ -1,7 +1,7 @@
 """Datasets and DataModules (imports physics only): simulated ellipses, LoDoPaB-CT, your own images
 and measured pairs, measurements alone (predict), light field and sparse coding. The batch contract
 is in docs/data.md."""
-from .datamodule import PRESETS, SimulatedCTDataModule, SplitDataModule
+from .datamodule import PRESETS, SimulatedCTDataModule, SplitDataModule, WithoutGroundTruth
 from .files import DataFileError
 from .images import ImageDataModule, ImageFileDataset
 from .lodopab import LoDoPaBDataModule, LoDoPaBDataset, lodopab_geometry
@@ -14,4 +14,4 @@ __all__ = ["PRESETS", "DataFileError", "EllipsesDataset", "ImageDataModule", "Im
            "LoDoPaBDataModule", "LoDoPaBDataset", "MeasuredPairsDataModule",
            "MeasurementFilesDataset", "MeasurementsDataModule", "MeasuredPairsDataset",
            "NeuronVolumeDataset", "SimulatedCTDataModule", "SparseCodingDataModule", "SparseCodingDataset",
-           "SplitDataModule", "lodopab_geometry", "noise_model"]
+           "SplitDataModule", "WithoutGroundTruth", "lodopab_geometry", "noise_model"]

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import ParallelBeam2D, geometry_from_dict
@@ -15,8 +15,8 @@ from .device_simulation import DeviceEllipsesSimulator, SampleIndices
 from .resumable import ResumableLoader
 from .simulated import EllipsesDataset
 
-__all__ = ["DATA_RANGES", "PRESETS", "SimulatedCTDataModule", "SplitDataModule", "check_loader_settings",
-           "parse_data_range"]
+__all__ = ["DATA_RANGES", "PRESETS", "SimulatedCTDataModule", "SplitDataModule", "WithoutGroundTruth",
+           "check_loader_settings", "parse_data_range"]
 
 # dival's `ellipses` standard (dival 0.6.2, `get_standard_dataset('ellipses', fixed_seeds=True)`):
 # dival's phantom generator at 128², simulated from the truth upsampled bilinearly to 400², 30
@@ -36,6 +36,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "adler-ellipses-30": dict(phantoms="adler", simulation_ratio=1.0, noise_stream="indexed", noise_seeds=None,
                               image_size=128, num_angles=30, noise="gaussian", relative_std=0.025,
                               train_length=32000, val_length=3200, test_length=100),
+    # Low dose, many angles (the regime of Noise2Inverse): ellipses-small's phantoms and simulation grid,
+    # 360 angles over [0, π), Poisson noise at 1,000 photons per detector pixel (post-log, μ_max of
+    # LoDoPaB per pixel length), noise drawn per (seed, index).
+    "ellipses-small-lowdose": dict(_DIVAL, noise_stream="indexed", image_size=64, num_angles=360, noise="poisson",
+                                   photons=1000.0, relative_std=0.025, train_length=2048, val_length=32,
+                                   test_length=32),
 }
 SPLIT_SEEDS = {"train": 42, "val": 2, "test": 1}
 DATA_RANGES = ("per-image", "dataset")
@@ -64,13 +70,30 @@ def check_loader_settings(batch_size: int, num_workers: int) -> Tuple[int, int]:
     return batch_size, num_workers
 
 
+class WithoutGroundTruth(Dataset):
+    """``dataset``'s samples without their ``ground_truth``: training from measurements alone
+    (``train_ground_truth: false``; the self-supervised losses of ``methods/self_supervised.py``)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {key: value for key, value in self.dataset[index].items() if key != "ground_truth"}
+
+
 class SplitDataModule(L.LightningDataModule):
     """Loaders over ``self.dataset(split)`` for the splits of ``SPLIT_SEEDS`` (train shuffled;
-    predict uses the test split). Subclasses set ``batch_size``, ``num_workers`` and ``dataset``."""
+    predict uses the test split). Subclasses set ``batch_size``, ``num_workers`` and ``dataset``;
+    ``train_ground_truth = False`` leaves ``ground_truth`` out of the training batches (validation
+    and test keep it for their metrics)."""
 
     batch_size: int
     num_workers: int
     data_range: Optional[float] = 1.0  # phantoms and neuron volumes are normalised to at most 1
+    train_ground_truth: bool = True
 
     @property
     def geometry_dict(self) -> Dict[str, Any]:
@@ -88,7 +111,8 @@ class SplitDataModule(L.LightningDataModule):
         geometry = getattr(self, "geometry", None)
         shape = getattr(geometry, "sinogram_shape", None)
         source = self.hparams.get("preset") or self.hparams.get("path") or type(self).__name__
-        return f"{source}, {shape[0]} angles" if shape is not None and len(shape) == 2 else str(source)
+        described = f"{source}, {shape[0]} angles" if shape is not None and len(shape) == 2 else str(source)
+        return described if self.train_ground_truth else f"{described}, trained without ground truth"
 
     def dataset(self, split: str):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -111,8 +135,11 @@ class SplitDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled; checkpointed position (``ResumableLoader``) so that a killed run resumes in order."""
-        return ResumableLoader(self.dataset("train"), batch_size=self.batch_size, seed=self.shuffle_seed,
+        """Shuffled; checkpointed position (``ResumableLoader``) so that a killed run resumes in order.
+        Without ``ground_truth`` when ``train_ground_truth`` is false."""
+        dataset = self.dataset("train")
+        return ResumableLoader(dataset if self.train_ground_truth else WithoutGroundTruth(dataset),
+                               batch_size=self.batch_size, seed=self.shuffle_seed,
                                num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     @property
@@ -141,7 +168,8 @@ class SimulatedCTDataModule(SplitDataModule):
             ``num_angles`` angles over [0, π) (ODL's ``parallel_beam_geometry``).
         train_length, val_length, test_length: split sizes; the test split is the first
             ``test_length`` samples of the fixed test seed.
-        noise, relative_std, photons: noise model (see ``EllipsesDataset``).
+        noise, relative_std, photons: noise model (see ``EllipsesDataset``); ``photons`` defaults to
+            the preset's (``ellipses-small-lowdose``: 1,000), else 4,096.
         noise_stream: ``"sequential"`` (dival's noise, seeds train 1 / val 2 / test 3) or
             ``"indexed"`` (per-(seed, index) generators); see ``EllipsesDataset``.
         simulation_size: simulate sinograms from the truth upsampled bilinearly to this square grid
@@ -162,6 +190,10 @@ class SimulatedCTDataModule(SplitDataModule):
         disk_support: phantoms only inside the inscribed disk (EDIP pre-training for real scans).
         object_outlines: each phantom cut to a random elliptical outline, an object in air (EDIP
             pre-training for a sample smaller than the field of view).
+        train_ground_truth: ``False``: the training batches hold ``measurement``, ``fbp`` and
+            ``index`` only (the self-supervised losses ``noise2inverse`` and ``equivariant`` of
+            ``FBPUNet``, ``LearnedGD``, ``LearnedPD``); validation and test keep the ground truth
+            for their metrics, and the results row's data says "trained without ground truth".
     """
 
     def __init__(
@@ -175,7 +207,7 @@ class SimulatedCTDataModule(SplitDataModule):
         test_length: Optional[int] = None,
         noise: Optional[str] = None,
         relative_std: Optional[float] = None,
-        photons: float = 4096.0,
+        photons: Optional[float] = None,
         phantoms: Optional[str] = None,
         noise_stream: Optional[str] = None,
         simulation_size: Optional[int] = None,
@@ -189,8 +221,12 @@ class SimulatedCTDataModule(SplitDataModule):
         cache_samples: bool = False,
         disk_support: bool = False,
         object_outlines: bool = False,
+        train_ground_truth: bool = True,
     ):
         super().__init__()
+        if not isinstance(train_ground_truth, bool):
+            raise ValueError(f"train_ground_truth must be true or false, got {train_ground_truth!r}")
+        self.train_ground_truth = train_ground_truth
         if simulate_on not in ("cpu", "device"):
             raise ValueError(f"simulate_on must be 'cpu' or 'device', got {simulate_on!r}")
         if preset is not None and preset not in PRESETS:
@@ -199,7 +235,7 @@ class SimulatedCTDataModule(SplitDataModule):
         base = dict(PRESETS[preset]) if preset else dict(PRESETS["ellipses-30"])
         given = dict(image_size=image_size, num_angles=num_angles, train_length=train_length,
                      val_length=val_length, test_length=test_length, noise=noise, relative_std=relative_std,
-                     phantoms=phantoms, noise_stream=noise_stream)
+                     phantoms=phantoms, noise_stream=noise_stream, photons=photons)
         base.update({k: v for k, v in given.items() if v is not None})
         if base["noise"] != "gaussian" and base["noise_stream"] == "sequential" and noise_stream is None:
             base["noise_stream"] = "indexed"  # dival's stream is Gaussian; other noise draws per index
@@ -218,7 +254,8 @@ class SimulatedCTDataModule(SplitDataModule):
         same_grid = simulation_shape == tuple(self.geometry.image_shape)
         self.noise_seeds = base["noise_seeds"] or {}
         self._dataset_kwargs = dict(
-            phantoms=base["phantoms"], noise=base["noise"], relative_std=base["relative_std"], photons=photons,
+            phantoms=base["phantoms"], noise=base["noise"], relative_std=base["relative_std"],
+            photons=float(base.get("photons", 4096.0)),
             noise_stream=base["noise_stream"], simulation_size=None if same_grid else simulation_shape,
             simulation_factor=simulation_factor, fbp_filter=fbp_filter,
             fbp_frequency_scaling=fbp_frequency_scaling, backend=backend, disk_support=disk_support,
@@ -255,6 +292,7 @@ class SimulatedCTDataModule(SplitDataModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Index batches of the device-simulated training split become sample dicts on ``device``."""
         if self.simulate_on == "device" and isinstance(batch, torch.Tensor):
-            return self.device_simulator()(batch, device)
+            batch = self.device_simulator()(batch, device)
+            return batch if self.train_ground_truth else {k: v for k, v in batch.items() if k != "ground_truth"}
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 

@@ -10,11 +10,13 @@ from .generative_regulariser import GenerativeRegulariser
 from .learned_iterative import LearnedGD, LearnedPD
 from .plug_and_play import PlugAndPlay, UnfoldedHQS
 from .post_processing import EDIPPretrain, FBPUNet
+from .self_supervised import LearnedReconstructionModule
 from .callbacks import VolumePanels
 from .dip import DeepImagePrior
 from .sparse import ISTABaseline, LearnedISTA, SparseRecoveryModule
 
 __all__ = ["AnalyticDeepPrior", "ConditionalWGAN", "DeepImagePrior", "DenoiserModule", "EDIPPretrain", "FBPBaseline",
            "FBPUNet", "GANPrior", "GenerativeRegulariser", "ISTABaseline", "LearnedGD", "LearnedISTA", "LearnedPD",
+           "LearnedReconstructionModule",
            "PlugAndPlay", "ReconstructionModule", "SparseRecoveryModule", "TVBaseline", "UnfoldedHQS", "VAEPrior",
            "VolumePanels"]

@@ -34,6 +34,7 @@ class WassersteinTraining:
     ``[generator optimiser, critic optimiser]`` (with or without a schedule each)."""
 
     training_only_settings = ("n_critic", "gp_weight")
+    compiled_modules = ("generator",)  # the critic stays eager: the gradient penalty's double backward
 
     @property
     def optimizer_steps_per_batch(self) -> float:

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
@@ -40,6 +40,7 @@ from ..results import write_results_table
 __all__ = ["CosineSchedule", "ReconstructionModule", "TunedOnValidation", "validation_samples", "with_schedule"]
 
 SCHEDULERS = ("cosine", "cosine-time", "none")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Lightning warns whenever a module defines on_after_batch_transfer and a data module is used; ours
 # adds the FBP to batches without one, and no data module of the project defines that hook.
 warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule`")
@@ -64,6 +65,9 @@ class ReconstructionModule(L.LightningModule):
         method_name: the row name in the results table (default: the class name).
         channels_last: keep convolution weights and activations in channels-last memory layout
             (faster cuDNN kernels under bf16 on recent GPUs; see docs/benchmarks.md).
+        compile_mode: ``torch.compile`` the trained networks (``compiled_modules``) in place when
+            training starts, with this mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``);
+            ``None``: eager. The operators inside compile without graph breaks (one custom op).
         fused_optimizer: on a GPU, AdamW as one fused kernel instead of a loop over the parameter
             tensors (learned PD has ~120 small ones; the foreach update was 20 % of its step).
         init_from: a ``train.py`` checkpoint (or a shipped one's name, ``lightning_recon.pretrained``)
@@ -79,7 +83,9 @@ class ReconstructionModule(L.LightningModule):
     # of these without comparing them with the config's. A subclass (or mixin) adds its own in the
     # same attribute; ``cli.py`` collects them over the class's MRO.
     training_only_settings: Tuple[str, ...] = ("lr", "betas", "weight_decay", "scheduler", "channels_last",
-                                               "fused_optimizer", "init_from")
+                                               "compile_mode", "fused_optimizer", "init_from")
+    # The networks ``compile_mode`` compiles (attributes that exist; state_dict keys do not change).
+    compiled_modules: Tuple[str, ...] = ("net",)
     # State that belongs to the geometry, not to what was learned: kept when ``init_from`` loads weights.
     weights_not_transferred: Tuple[str, ...] = ()
 
@@ -97,6 +103,7 @@ class ReconstructionModule(L.LightningModule):
         results_dir: Optional[str] = "outputs/results",
         method_name: Optional[str] = None,
         channels_last: bool = False,
+        compile_mode: Optional[str] = None,
         fused_optimizer: bool = False,
         init_from: Optional[str] = None,
     ):
@@ -104,6 +111,8 @@ class ReconstructionModule(L.LightningModule):
         geometry = spec_from_dict(geometry)
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.save_hyperparameters()  # collects the subclasses' arguments too
         # geometry as plain numbers: weights_only-safe checkpoints, equal to the data module's record
         self.save_hyperparameters(dict(self.hparams, geometry=geometry.to_dict()))
@@ -193,12 +202,29 @@ class ReconstructionModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.hparams.get("channels_last"):
             self.to(memory_format=torch.channels_last)
+        mode = self.hparams.get("compile_mode")
+        if mode:
+            networks = [getattr(self, name) for name in self.compiled_modules
+                        if isinstance(getattr(self, name, None), torch.nn.Module)]
+            if not networks:
+                rank_zero_warn(f"compile_mode: {type(self).__name__} names no network to compile; it runs eagerly")
+            for network in networks:
+                network.compile(mode=mode)  # in place: parameters and state_dict keys unchanged
 
     # -- steps ------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        loss = torch.nn.functional.mse_loss(self.reconstruct(batch), batch["ground_truth"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ground_truth"]))
+        loss = self.training_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["measurement"]))
         return loss
+
+    def training_loss(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of one training batch: the MSE against ``ground_truth``. The hook of a selectable
+        loss (``methods/self_supervised.py``: ``noise2inverse``, ``equivariant``)."""
+        if "ground_truth" not in batch:
+            raise ValueError(f"{self.method_name} trains supervised and needs ground_truth in the training batches, "
+                             "which this data module leaves out (train_ground_truth: false); FBPUNet, LearnedGD and "
+                             "LearnedPD train without it with loss noise2inverse or equivariant")
+        return torch.nn.functional.mse_loss(self.reconstruct(batch), batch["ground_truth"])
 
     def validation_step(self, batch, batch_idx):
         pred = self.reconstruct(batch).float()

@@ -1,12 +1,13 @@
 """Learned iterative schemes with the forward operator inside the network."""
 from __future__ import annotations
 
-from typing import Dict
+from contextlib import contextmanager
+from typing import Dict, Iterator
 
 import torch
 
 from ..nets import LearnedGradientDescent, LearnedPrimalDual
-from .base import ReconstructionModule
+from .self_supervised import LearnedReconstructionModule
 
 __all__ = ["LearnedGD", "LearnedPD"]
 
@@ -17,11 +18,14 @@ def _renamed_norm_buffer(module, state_dict, prefix, *args) -> None:
         state_dict[prefix + "cached_operator_norm"] = state_dict.pop(prefix + "operator_norm")
 
 
-class _UnrolledModule(ReconstructionModule):
+class _UnrolledModule(LearnedReconstructionModule):
     """Holds ‖A‖ as a persistent buffer ``cached_operator_norm``: computed once on first use (by
-    ``self.operator.operator_norm()``), then saved with the weights."""
+    ``self.operator.operator_norm()``), then saved with the weights. The loss is selectable
+    (:mod:`~lightning_recon.methods.self_supervised`); with ``noise2inverse`` the network reads the
+    measurement of a subset J of the angles with that subset's operator ``A_J`` inside."""
 
     weights_not_transferred = ("cached_operator_norm",)  # ‖A‖ of this geometry, not the source's
+    noise2inverse_input = "measurement"
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -36,6 +40,21 @@ class _UnrolledModule(ReconstructionModule):
             self.__dict__["_op_norm_value"] = float(self.cached_operator_norm)
         self.net.op_norm = self.__dict__["_op_norm_value"]
         return self.net
+
+    @contextmanager
+    def _network(self, operator=None, operator_scale: float = 1.0) -> Iterator[torch.nn.Module]:
+        """The normalised network; with ``operator`` (a Noise2Inverse subset's ``A_J``), that operator
+        inside it, normalised by ‖A‖ · ``operator_scale``, for the duration of the block."""
+        net = self._normalised_net()
+        if operator is None:
+            yield net
+            return
+        norm = net.op_norm
+        net.__dict__["operator"], net.op_norm = operator, norm * operator_scale
+        try:
+            yield net
+        finally:
+            net.__dict__["operator"], net.op_norm = self.operator, norm
 
     def on_load_checkpoint(self, checkpoint) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -60,9 +79,10 @@ class LearnedGD(_UnrolledModule):
         self.net = LearnedGradientDescent(self.operator, n_iter=n_iter,
                                           hidden_channels=hidden_channels, checkpointing=checkpointing)
 
-    def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def apply_network(self, batch: Dict[str, torch.Tensor], operator=None, operator_scale: float = 1.0) -> torch.Tensor:
         x0 = batch["fbp"] if self.hparams.init == "fbp" else None
-        return self._normalised_net()(batch["measurement"], x0=x0)
+        with self._network(operator, operator_scale) as net:
+            return net(batch["measurement"], x0=x0)
 
 
 class LearnedPD(_UnrolledModule):
@@ -77,5 +97,6 @@ class LearnedPD(_UnrolledModule):
                                      n_primal=n_primal, n_dual=n_dual, hidden_channels=hidden_channels,
                                      checkpointing=checkpointing)
 
-    def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._normalised_net()(batch["measurement"])
+    def apply_network(self, batch: Dict[str, torch.Tensor], operator=None, operator_scale: float = 1.0) -> torch.Tensor:
+        with self._network(operator, operator_scale) as net:
+            return net(batch["measurement"])

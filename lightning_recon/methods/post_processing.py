@@ -7,24 +7,30 @@ import torch
 
 from ..nets import UNet
 from .base import ReconstructionModule
+from .self_supervised import LearnedReconstructionModule
 
 __all__ = ["EDIPPretrain", "FBPUNet"]
 
 
-class FBPUNet(ReconstructionModule):
-    """Residual U-Net on the FBP, trained supervised with MSE (Jin et al. 2017; dival's FBP+U-Net).
+class FBPUNet(LearnedReconstructionModule):
+    """Residual U-Net on the FBP (Jin et al. 2017; dival's FBP+U-Net), trained supervised with MSE
+    or without ground truth (``loss: noise2inverse``, on the subsets' FBPs as in Hendriksen et al.
+    2020, or ``equivariant``; :mod:`~lightning_recon.methods.self_supervised`).
 
     Args:
         channels: feature channels per scale (5 scales, 32…128 in the FBPConvNet settings).
         norm: ``"batch"``, ``"group"`` or ``"none"``.
-        **kwargs: geometry and optimisation settings of :class:`ReconstructionModule`.
+        **kwargs: the loss settings of :class:`LearnedReconstructionModule`, geometry and optimisation
+            settings of :class:`ReconstructionModule`.
     """
+
+    noise2inverse_input = "fbp"
 
     def __init__(self, channels: Sequence[int] = (32, 32, 64, 64, 128), norm: str = "batch", **kwargs):
         super().__init__(**kwargs)
         self.net = UNet(in_channels=1, out_channels=1, channels=tuple(channels), norm=norm, residual=True)
 
-    def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def apply_network(self, batch: Dict[str, torch.Tensor], operator=None, operator_scale: float = 1.0) -> torch.Tensor:
         return self.net(batch["fbp"])
 
 

@@ -1,5 +1,6 @@
 """Physics layer: one operator contract (``operator.py``) and its forward models — CT ray transforms
 with FBP, light-field microscopes, sparse-coding dictionaries — plus noise and phantoms."""
+from .angle_splits import angle_splits, check_angle_splits, split_geometries, sub_geometry
 from .fbp import FBP, FILTERS
 from .geometry import ConeBeam3D, FanBeam2D, Geometry, Geometry2D, ParallelBeam2D, geometry_from_dict
 from .lightfield import LightFieldGeometry, LightFieldModel
@@ -29,8 +30,12 @@ __all__ = [
     "RayTransform",
     "SparseCodingProblem",
     "WeightedOperator",
+    "angle_splits",
     "astra_cuda_available",
+    "check_angle_splits",
     "geometry_from_dict",
     "operator_from_dict",
     "spec_from_dict",
+    "split_geometries",
+    "sub_geometry",
 ]

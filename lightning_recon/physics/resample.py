@@ -9,13 +9,13 @@ small interpolation matrices (``out × in``), applied as ``Wx · x · Wyᵀ`` on
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["linear_interpolation_matrix", "BilinearResize"]
+__all__ = ["linear_interpolation_matrix", "BilinearResize", "rotate_images", "shift_images"]
 
 
 def _mirror(index: np.ndarray, n: int) -> np.ndarray:
@@ -61,3 +61,33 @@ class BilinearResize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_shape} -> {self.out_shape}"
+
+
+def rotate_images(x: torch.Tensor, degrees: Union[float, torch.Tensor]) -> torch.Tensor:
+    """Images ``(B, C, H, W)`` rotated about their centre by ``degrees`` (a number, or one per image
+    ``(B,)``): bilinear interpolation, zero outside the image, differentiable in ``x`` (the rotations
+    of the equivariant-imaging loss). A multiple of 90° on a square image moves pixel centres onto
+    pixel centres (``torch.rot90`` up to rounding)."""
+    if x.dim() != 4:
+        raise ValueError(f"rotate_images expects images (B, C, H, W), got shape {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    radians = torch.as_tensor(degrees, dtype=torch.float32, device=x.device).reshape(-1) * (torch.pi / 180)
+    radians = radians.expand(x.shape[0]) if radians.numel() == 1 else radians
+    if radians.numel() != x.shape[0]:
+        raise ValueError(f"give one angle or one per image ({x.shape[0]}), got {radians.numel()}")
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    zero = torch.zeros_like(cos)
+    # a rigid rotation in pixel units, written in the normalised coordinates of affine_grid
+    theta = torch.stack([torch.stack([cos, -sin * height / width, zero], -1),
+                         torch.stack([sin * width / height, cos, zero], -1)], 1)
+    grid = nn.functional.affine_grid(theta.to(x.dtype if x.is_floating_point() else torch.float32),
+                                     list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def shift_images(x: torch.Tensor, shifts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Images ``(B, C, H, W)`` shifted circularly by whole pixels, ``shifts[b] = (rows, cols)`` for image ``b``."""
+    if x.dim() != 4 or len(shifts) != x.shape[0]:
+        raise ValueError(f"shift_images expects images (B, C, H, W) and B shifts, got {tuple(x.shape)} and "
+                         f"{len(shifts)}")
+    return torch.stack([torch.roll(image, shifts=(int(r), int(c)), dims=(-2, -1)) for image, (r, c) in zip(x, shifts)])
