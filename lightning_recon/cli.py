@@ -288,6 +288,11 @@ class ReconCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_outputs("fit")
+        if getattr(self.datamodule, "train_ground_truth", True) is False and \
+                self.model.hparams.get("loss", "supervised") == "supervised":
+            exit_with_error("train.py", f"{type(self.model).__name__} trains supervised (loss: supervised), and the data "
+                            "leaves the ground truth out of training (train_ground_truth: false); choose "
+                            "--model.init_args.loss noise2inverse or equivariant (FBPUNet, LearnedGD, LearnedPD)")
         try:  # init_from's weights load here, before any work, so that a bad file ends in one line
             load = getattr(self.model, "load_initial_weights", None)
             if load is not None:

@@ -338,3 +338,17 @@ def test_bad_settings_are_one_line_value_errors(settings, geometry, message):
     with pytest.raises(ValueError, match=message) as error:
         LearnedGD(geometry=geometry.to_dict(), n_iter=1, hidden_channels=2, results_dir=None, **settings)
     assert "\n" not in str(error.value)
+
+
+def test_train_py_refuses_a_supervised_loss_on_data_without_ground_truth_in_one_line(tmp_path, capsys):
+    from lightning_recon.cli import cli_main
+
+    with pytest.raises(SystemExit) as ended:
+        cli_main(["fit", "--model=lightning_recon.methods.FBPUNet", "--model.init_args.channels=[4,4]",
+                  "--data.init_args.preset=ellipses-small", "--data.init_args.image_size=16",
+                  "--data.init_args.num_angles=6", "--data.init_args.train_ground_truth=false",
+                  "--trainer.accelerator=cpu", "--trainer.logger=false", f"--out={tmp_path}"])
+    assert ended.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "train_ground_truth: false" in error[0]
+    assert not (tmp_path / "checkpoints").exists()
