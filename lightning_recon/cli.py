@@ -210,6 +210,8 @@ class ReconCLI(LightningCLI):
         class_path = str(asked.get("class_path")) if asked is not None else ""
         for key in honoured & set(asked_args):
             if key in REPORT_SETTINGS and _same_setting(asked_args[key], _class_default(class_path, key)):
+                if key == "results_dir" and self.config[subcommand].get("out"):
+                    model_args[key] = None  # --out places this run's table (move_outputs), not the training run's
                 continue  # not set by any config or flag: the checkpoint's row name and folder stay
             if not _same_setting(model_args.get(key), asked_args[key]):
                 rank_zero_info(f"--ckpt_path: {key} = {asked_args[key]!r} from the command line "

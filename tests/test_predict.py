@@ -131,8 +131,9 @@ def test_one_out_flag_moves_every_output_of_fit_test_and_predict(tmp_path, monke
     checkpoint = out / "checkpoints" / "last.ckpt"
     assert checkpoint.exists() and list(out.glob("csv/version_*/metrics.csv"))
     assert list(out.glob("csv/version_*/config.yaml"))
-    cli_main(["test", *DATA, *logged, f"--ckpt_path={checkpoint}", f"--out={out}"])
-    assert len(read_results_table(out / "results")) == 1
+    cli_main(["test", *DATA, *logged, f"--ckpt_path={checkpoint}", f"--out={tmp_path / 'tested'}"])
+    assert len(read_results_table(tmp_path / "tested" / "results")) == 1  # not the training run's results_dir
+    assert not (out / "results").exists()
     measurements(tmp_path / "scans", count=1)
     cli_main(["predict", f"--ckpt_path={checkpoint}", "--data=lightning_recon.data.MeasurementsDataModule",
               f"--data.path={tmp_path / 'scans'}", *RUN, f"--out={out}"])
