@@ -20,6 +20,7 @@ def test_shipped_weights_reproduce_their_documented_psnr(name, tmp_path, monkeyp
     assert "optimizer_states" not in checkpoint and entry.path.stat().st_size < 1_000_000
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cli_main(["test", "--config", str(ROOT / entry.test_config), f"--ckpt_path={name}", "--trainer.logger=false",
+              "--data.init_args.num_workers=0",
               "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
               f"--model.init_args.results_dir={tmp_path}", f"--model.init_args.method_name={name}"])
     psnr = float(read_results_table(tmp_path)[name]["psnr"])

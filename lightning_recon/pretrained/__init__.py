@@ -4,6 +4,7 @@
     python train.py test --config configs/experiment/demo_cpu.yaml --ckpt_path ellipses-small-learned-gd
     python train.py predict --ckpt_path ellipses-small-learned-gd \\
         --data lightning_recon.data.MeasurementsDataModule --data.path 'scans/*.npy'
+    python finetune.py scan.h5 --binning 4 --num-angles 30 --init ellipses-edip   # Deep Image Prior from EDIP
 
 Each entry names the committed config and command that trained it and its measured test result
 (docs/results.md); ``tests/test_pretrained.py`` reproduces that result from the shipped file.
@@ -42,6 +43,12 @@ PRETRAINED: Dict[str, PretrainedWeights] = {
         file="ellipses-small-learned-gd.ckpt", method="LearnedGD", data="ellipses-small (64², 30 angles, 2.5 % noise)",
         trained_by="OMP_NUM_THREADS=1 make demo (6,000 steps)", test_config="configs/experiment/demo_cpu.yaml",
         test_psnr=28.99),
+    "ellipses-edip": PretrainedWeights(
+        file="ellipses-edip.ckpt", method="EDIPPretrain",
+        data="random ellipses cut to random object outlines, tooth-sparse-30 geometry (160², 30 angles, 2 % noise)",
+        trained_by="OMP_NUM_THREADS=1 python train.py fit --config configs/experiment/edip_pretrain_tooth.yaml "
+                   "--trainer.max_steps=2000 --data.init_args.num_workers=1 (2,000 steps, 55 min on 2 CPU cores)",
+        test_config="configs/experiment/edip_pretrain_tooth.yaml", test_psnr=35.35),
 }
 
 
