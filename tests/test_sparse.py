@@ -191,7 +191,7 @@ def _tiny_lightfield_args(tmp_path, config="experiment/lightfield_lista.yaml"):
             "--trainer.accelerator=cpu", "--trainer.max_steps=4", "--trainer.val_check_interval=2",
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
-            f"--model.init_args.results_dir={tmp_path / 'results'}"]
+            f"--model.init_args.results_dir={tmp_path / 'results'}", f"--out={tmp_path}"]
 
 
 def test_cli_fits_lista_on_light_fields_then_tests_it(tmp_path, monkeypatch):
@@ -201,7 +201,7 @@ def test_cli_fits_lista_on_light_fields_then_tests_it(tmp_path, monkeypatch):
     assert cli.model.hparams.geometry["num_lenslets"] == 6
     log_dir = Path(cli.trainer.log_dir)
     assert list((log_dir / "panels").glob("projections-*.png"))
-    last = next(log_dir.rglob("last.ckpt"))
+    last = tmp_path / "checkpoints" / "last.ckpt"  # --out: the checkpoints' folder
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert any(key.startswith("net.back_projections") for key in state["state_dict"])
     tested = cli_main(["test", *args, "--model.init_args.num_layers=3", f"--ckpt_path={last}"])
