@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOOTH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tooth.h5"
@@ -219,3 +219,16 @@ def load_sparse_view_case(case: str):
     clean = RayTransform(geometry)(truth[None, None])
     noisy = GaussianNoise(0.025)(clean, generator=torch.Generator().manual_seed(0))
     return noisy, geometry, truth, "pydicom CT_small.dcm (128², ground truth), 30 angles, 2.5 % noise"
+
+
+def baseline_test_flags(method: str, args) -> List[str]:
+    """``train.py test`` flags of the FBP or TV row (``method`` "fbp" / "tv") over an experiment whose
+    model is another method: jsonargparse carries the arguments the classes share over to the new
+    class, so every one is named. ``args``: ``fbp_tune_samples``, ``tv_iterations``, ``tv_alphas``,
+    ``tv_tune_samples``."""
+    if method == "fbp":
+        return ["--model", "lightning_recon.methods.FBPBaseline", f"--model.init_args.tune_samples={args.fbp_tune_samples}",
+                "--model.init_args.method_name=FBP"]
+    return ["--model", "lightning_recon.methods.TVBaseline", f"--model.init_args.iterations={args.tv_iterations}",
+            f"--model.init_args.alphas=[{','.join(str(a) for a in args.tv_alphas)}]",
+            f"--model.init_args.tune_samples={args.tv_tune_samples}", "--model.init_args.method_name=TV"]

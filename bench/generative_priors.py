@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 from lightning_recon.results import read_results_table
 
-from common import machine_info
+from common import baseline_test_flags, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRIES = ("30angles", "10angles", "limited60")
@@ -45,15 +45,8 @@ def command(method: str, geometry: str, args) -> List[str]:
     config = f"configs/experiment/{CONFIG_PREFIX[args.preset]}_generative_{geometry}.yaml"
     results = Path(args.results_root) / geometry
     out = ["train.py", "test", "--config", config]
-    if method == "fbp":
-        # the experiment's model is the regulariser, and jsonargparse carries the arguments FBP/TV
-        # share with it over to the new class: name every one of them
-        out += ["--model", "lightning_recon.methods.FBPBaseline", f"--model.init_args.tune_samples={args.fbp_tune_samples}",
-                "--model.init_args.method_name=FBP"]
-    elif method == "tv":
-        out += ["--model", "lightning_recon.methods.TVBaseline", f"--model.init_args.iterations={args.tv_iterations}",
-                f"--model.init_args.alphas=[{','.join(str(a) for a in args.tv_alphas)}]",
-                f"--model.init_args.tune_samples={args.tv_tune_samples}", "--model.init_args.method_name=TV"]
+    if method in ("fbp", "tv"):
+        out += baseline_test_flags(method, args)
     else:
         prior, mode = method.split("-")
         checkpoint = args.vae if prior == "vae" else args.gan

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from common import add_threads_argument, machine_info, set_threads
+from common import add_threads_argument, baseline_test_flags, machine_info, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRIES = ("30angles", "10angles", "limited60")
@@ -84,16 +84,8 @@ def test_command(method: str, geometry: str, args, checkpoints: Dict[str, str]) 
     """The ``train.py test`` command of one (method, geometry)."""
     results = Path(args.results_root) / geometry
     out = ["train.py", "test", "--config", f"configs/experiment/ellipses_small_pnp_{geometry}.yaml"]
-    if method == "fbp":
-        # the experiment's model is PlugAndPlay: jsonargparse carries the arguments FBP/TV share with it
-        # over to the new class, so name every one of them
-        out += ["--model", "lightning_recon.methods.FBPBaseline",
-                f"--model.init_args.tune_samples={args.fbp_tune_samples}",
-                "--model.init_args.method_name=FBP"]
-    elif method == "tv":
-        out += ["--model", "lightning_recon.methods.TVBaseline", f"--model.init_args.iterations={args.tv_iterations}",
-                f"--model.init_args.alphas=[{','.join(str(a) for a in args.tv_alphas)}]",
-                f"--model.init_args.tune_samples={args.tv_tune_samples}", "--model.init_args.method_name=TV"]
+    if method in ("fbp", "tv"):
+        out += baseline_test_flags(method, args)
     else:
         algorithm, network = method.split("-")
         out += [f"--model.init_args.denoiser={checkpoints[network]}", f"--model.init_args.algorithm={algorithm}",
