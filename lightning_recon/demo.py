@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .cli import cli_main
 from .results import read_results_table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "demo_cpu.yaml"
@@ -23,6 +22,12 @@ BASELINE_ARGS = {"TV": ["--model.init_args.alphas=[0.25,0.5,1,2,4,8]"]}
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
+    """Fit, test, and test FBP and TV; prints the table and returns each method's PSNR (dB)."""
+    from .threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch is imported (lightning_recon.threads)
+    from .cli import cli_main
+
     extra = list(sys.argv[1:] if argv is None else argv)
     base = ["--config", str(CONFIG), *extra]
     fit = cli_main(["fit", *base])
