@@ -310,3 +310,27 @@ def test_manifest_reads_a_raw_data_exchange_scan_as_finetune_does(tmp_path):
     scan = train.items[0][1]
     expected = load_data_exchange(scan, slice_index=1, center_offset=None).data  # flat/dark corrected, −log
     assert np.array_equal(train[0]["measurement"][0].numpy(), expected)
+
+
+# -- training without ground truth on your data ----------------------------------------------------
+@pytest.mark.parametrize("source", ["lodopab", "images", "pairs"])
+def test_every_own_data_module_can_leave_the_ground_truth_out_of_training(source, lodopab, tmp_path):
+    """``train_ground_truth: false``: training batches hold the measurement only (the
+    self-supervised losses), validation batches keep the ground truth for their metrics."""
+    if source == "lodopab":
+        module = LoDoPaBDataModule(str(lodopab), **LODOPAB_SMALL, train_ground_truth=False, batch_size=2, num_workers=0)
+    elif source == "images":
+        folder = make_image_folder(tmp_path / "images", 10, size=24)
+        module = ImageDataModule(str(folder), image_size=24, num_angles=12, val_fraction=0.2, test_fraction=0.2,
+                                 train_ground_truth=False, batch_size=2)
+    else:
+        geometry = ParallelBeam2D((24, 24), num_angles=15)
+        module = MeasuredPairsDataModule(str(make_pairs(tmp_path / "pairs", 6, geometry)), geometry=geometry.to_dict(),
+                                         val_fraction=0.2, test_fraction=0.2, train_ground_truth=False, batch_size=2)
+    module.setup("fit")
+    train = next(iter(module.train_dataloader()))
+    assert "ground_truth" not in train and "measurement" in train
+    assert "ground_truth" in next(iter(module.val_dataloader()))
+    assert module.description.endswith("trained without ground truth")
+    with pytest.raises(ValueError, match="train_ground_truth must be true or false"):
+        type(module)(**{**dict(module.hparams), "train_ground_truth": "no"})

@@ -70,6 +70,13 @@ def check_loader_settings(batch_size: int, num_workers: int) -> Tuple[int, int]:
     return batch_size, num_workers
 
 
+def check_train_ground_truth(train_ground_truth: bool) -> bool:
+    """``train_ground_truth`` of a data module: ``True`` or ``False`` (one-line ``ValueError`` else)."""
+    if not isinstance(train_ground_truth, bool):
+        raise ValueError(f"train_ground_truth must be true or false, got {train_ground_truth!r}")
+    return train_ground_truth
+
+
 class WithoutGroundTruth(Dataset):
     """``dataset``'s samples without their ``ground_truth``: training from measurements alone
     (``train_ground_truth: false``; the self-supervised losses of ``methods/self_supervised.py``)."""
@@ -224,9 +231,7 @@ class SimulatedCTDataModule(SplitDataModule):
         train_ground_truth: bool = True,
     ):
         super().__init__()
-        if not isinstance(train_ground_truth, bool):
-            raise ValueError(f"train_ground_truth must be true or false, got {train_ground_truth!r}")
-        self.train_ground_truth = train_ground_truth
+        self.train_ground_truth = check_train_ground_truth(train_ground_truth)
         if simulate_on not in ("cpu", "device"):
             raise ValueError(f"simulate_on must be 'cpu' or 'device', got {simulate_on!r}")
         if preset is not None and preset not in PRESETS:

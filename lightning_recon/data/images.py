@@ -22,7 +22,7 @@ from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import Geometry2D, ParallelBeam2D, geometry_from_dict
 from ..physics.ray_transform import RayTransform
 from ..physics.resample import BilinearResize
-from .datamodule import SPLIT_SEEDS, SplitDataModule, check_loader_settings, parse_data_range
+from .datamodule import SPLIT_SEEDS, SplitDataModule, check_loader_settings, check_train_ground_truth, parse_data_range
 from .files import (DataFileError, RESIZE_MODES, find_files, hu_to_attenuation, hu_window, read_image, resize_image,
                     sort_dicom_series)
 from .simulated import indexed_generator, noise_model, simulation_geometry
@@ -230,6 +230,8 @@ class ImageDataModule(FileSplitsDataModule):
             line; ``"dataset"`` needs it for the training split).
         fbp_filter, fbp_frequency_scaling: the FBP the method computes on its device (linked by the CLI).
         batch_size, num_workers, cache_samples, backend: loader settings, in-memory image cache,
+        train_ground_truth: ``False``: training batches without ``ground_truth`` (the
+            self-supervised losses ``noise2inverse`` / ``equivariant``); validation and test keep it.
             ray-transform backend.
     """
 
@@ -263,9 +265,11 @@ class ImageDataModule(FileSplitsDataModule):
         num_workers: int = 0,
         cache_samples: bool = False,
         backend: str = "auto",
+        train_ground_truth: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.train_ground_truth = check_train_ground_truth(train_ground_truth)
         self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
         self.data_range = parse_data_range(data_range)
         files = self._find(path)

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import ParallelBeam2D
-from .datamodule import SplitDataModule, check_loader_settings, parse_data_range
+from .datamodule import SplitDataModule, check_loader_settings, check_train_ground_truth, parse_data_range
 from .files import DataFileError, OpenHDF5Files, hdf5_shapes
 
 __all__ = ["LODOPAB_LENGTHS", "LoDoPaBDataModule", "LoDoPaBDataset", "lodopab_geometry", "scan_lodopab"]
@@ -225,6 +225,8 @@ class LoDoPaBDataModule(SplitDataModule):
         batch_size, num_workers: loader settings (a 362² pair is 2.6 MB).
         image_size, num_angles, num_detector_pixels: the stored sizes (LoDoPaB's by default; a reduced
             copy has its own).
+        train_ground_truth: ``False``: training batches without ``ground_truth`` (the
+            self-supervised losses ``noise2inverse`` / ``equivariant``); validation and test keep it.
 
     The files found are counted once (a partial copy is read as it is); a missing part fails
     where it is needed, with one line naming the folder.
@@ -236,9 +238,10 @@ class LoDoPaBDataModule(SplitDataModule):
                  data_range: Union[float, str, None] = 1.0, fbp_filter: str = DEFAULT_FBP_FILTER,
                  fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING, batch_size: int = 4,
                  num_workers: int = 2, image_size: int = IMAGE_SHAPE[0], num_angles: int = NUM_ANGLES,
-                 num_detector_pixels: int = NUM_DETECTOR_PIXELS):
+                 num_detector_pixels: int = NUM_DETECTOR_PIXELS, train_ground_truth: bool = True):
         super().__init__()
         self.save_hyperparameters()
+        self.train_ground_truth = check_train_ground_truth(train_ground_truth)
         self.geometry = lodopab_geometry(angle_step, image_size, num_angles, num_detector_pixels)
         self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
         self.data_range = parse_data_range(data_range, allow_dataset=False)

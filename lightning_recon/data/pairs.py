@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING
 from ..physics.geometry import Geometry2D, ParallelBeam2D, geometry_from_dict
-from .datamodule import check_loader_settings, parse_data_range
+from .datamodule import check_loader_settings, check_train_ground_truth, parse_data_range
 from .files import DataFileError, OpenHDF5Files, find_files, hdf5_shapes, read_image
 from .images import FileSplitsDataModule, split_files
 from .measurements import read_sinogram
@@ -161,6 +161,8 @@ class MeasuredPairsDataModule(FileSplitsDataModule):
         check_files: read every pair once at start (bad files end the run before it begins).
         fbp_filter, fbp_frequency_scaling: the FBP the method computes on its device (linked by the CLI).
         batch_size, num_workers: loader settings.
+        train_ground_truth: ``False``: training batches without ``ground_truth`` (the
+            self-supervised losses ``noise2inverse`` / ``equivariant``); validation and test keep it.
     """
 
     def __init__(
@@ -187,9 +189,11 @@ class MeasuredPairsDataModule(FileSplitsDataModule):
         fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
         batch_size: int = 8,
         num_workers: int = 0,
+        train_ground_truth: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.train_ground_truth = check_train_ground_truth(train_ground_truth)
         self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
         self.data_range = parse_data_range(data_range)
         if self.data_range == "dataset" and not check_files:
