@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -277,3 +278,34 @@ def test_unfolded_hqs_starts_from_the_pretrained_denoiser_and_trains_end_to_end(
     assert reloaded.reconstruct(batch).shape == batch["ground_truth"].shape
     with pytest.raises(ValueError, match="outside the denoiser's noise range"):
         UnfoldedHQS(pretrained=denoiser, geometry=data.geometry_dict, sigma_start=0.3)
+
+
+def test_finetune_py_reconstructs_one_measurement_with_a_denoiser_prior(denoiser, tmp_path, capsys):
+    """``finetune.py sinogram.npy --prior denoiser:CKPT``: plug-and-play on a user's file, better
+    than its FBP against the reference; bad priors and DIP options are one line each."""
+    import json
+
+    from lightning_recon.finetune import main as finetune
+
+    truth = datamodule().dataset("test")[0]["ground_truth"][None]
+    angles = [math.pi * k / 8 for k in range(8)]  # an .npz with its angles (radians), a pixel per detector pixel
+    geometry = ParallelBeam2D((SIZE, SIZE), angles=angles, num_detector_pixels=SIZE, detector_extent=float(SIZE))
+    sinogram = RayTransform(geometry)(truth)[0, 0]
+    sinogram = sinogram + 0.02 * sinogram.abs().max() * torch.randn(sinogram.shape, generator=torch.Generator().manual_seed(0))
+    np.savez(tmp_path / "sinogram.npz", sinogram=sinogram.numpy(), angles=np.array(angles))
+    np.save(tmp_path / "reference.npy", truth[0, 0].numpy())
+    common = [str(tmp_path / "sinogram.npz"), "--reference", str(tmp_path / "reference.npy"),  # one pixel a detector pixel
+              "--logger", "none", "--accelerator", "cpu"]
+    summary = finetune([*common, "--prior", f"denoiser:{denoiser}", "--out", str(tmp_path / "pnp")])
+    assert np.load(tmp_path / "pnp" / "recon.npy").shape == (SIZE, SIZE)
+    assert (tmp_path / "pnp" / "preview.png").exists()
+    assert summary["recon_psnr"] > summary["fbp_psnr"] + 0.5
+    assert json.loads((tmp_path / "pnp" / "summary.json").read_text())["algorithm"] == "admm"
+    for bad, message in ((["--prior", "denoiser:ellipses-small-learned-gd"], "not a DenoiserModule checkpoint"),
+                         (["--prior", "denoiser"], "--prior must be 'dip' or 'denoiser:CHECKPOINT'"),
+                         (["--prior", f"denoiser:{denoiser}", "--tv-weight", "0.1"], "does not use --tv-weight")):
+        with pytest.raises(SystemExit) as ended:
+            finetune([*common, *bad, "--out", str(tmp_path / "bad")])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert ended.value.code == 2 and len(error) == 1 and message in error[0], error
+        assert not (tmp_path / "bad").exists()

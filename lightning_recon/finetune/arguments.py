@@ -88,6 +88,14 @@ def _parser(description: str = "") -> argparse.ArgumentParser:
     parser.add_argument("--snapshot-every", type=int, default=0, help="log the image every N iterations")
     parser.add_argument("--init", default="random", help="'random', a checkpoint with net.* weights (EDIP), or the name of "
                         "shipped EDIP weights ('ellipses-edip')")
+    parser.add_argument("--prior", default="dip",
+                        help="'dip' (a network fitted to the measurement: --network) or 'denoiser:CHECKPOINT': "
+                        "plug-and-play with a trained DenoiserModule (seconds; --pnp-* options)")
+    parser.add_argument("--pnp-algorithm", choices=["hqs", "admm", "pgd", "red"], default="admm")
+    parser.add_argument("--pnp-iterations", type=int, default=20)
+    parser.add_argument("--pnp-weight", type=float, default=0.03,
+                        help="λ of the data term (ADMM's choice on ellipses-small at 10 angles; docs/results.md)")
+    parser.add_argument("--pnp-sigma-end", type=float, default=0.04, help="the last denoising level")
     parser.add_argument("--network", choices=["unet", "deep-decoder", "analytic"], default="unet",
                         help="the DIP network: the U-Net, or the deep decoder (Heckel & Hand 2019: --channels per "
                         "layer, --scales layers, its own noise input); or 'analytic', the analytic deep prior "
@@ -140,6 +148,28 @@ def _accelerator_available(name: str) -> bool:
 def dip_channels(opts) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """The DIP network's channels and skip channels per scale, from ``--channels`` and ``--scales``."""
     return (opts.channels,) * opts.scales, (4,) * opts.scales
+
+
+def _plug_and_play_problems(opts) -> List[str]:
+    """``--prior denoiser:CHECKPOINT``: its form, a file or a shipped name, one slice, no DIP options."""
+    problems = []
+    checkpoint = opts.prior[len("denoiser:"):] if opts.prior.startswith("denoiser:") else None
+    if not checkpoint:
+        return [f"--prior must be 'dip' or 'denoiser:CHECKPOINT', got {opts.prior!r}"]
+    if not Path(resolve_checkpoint(checkpoint)).is_file():
+        problems.append(f"--prior denoiser:{checkpoint}: no such checkpoint file")
+    if opts.slices is not None:
+        problems.append("--prior denoiser reconstructs one slice (--slice); --slices fits DIP slice by slice")
+    defaults = _parser()
+    given = [f"--{name.replace('_', '-')}" for name in (*DIP_ONLY_OPTIONS, "network", "init", "iterations", "lr")
+             if getattr(opts, name) != UNSET_DEFAULTS.get(name, defaults.get_default(name))]
+    if given:
+        problems.append(f"--prior denoiser does not use {', '.join(given)} (DIP options); leave "
+                        f"{'it' if len(given) == 1 else 'them'} out")
+    if opts.pnp_iterations < 1 or not (opts.pnp_weight > 0 and math.isfinite(opts.pnp_weight)) or \
+            not (opts.pnp_sigma_end > 0 and math.isfinite(opts.pnp_sigma_end)):
+        problems.append("--pnp-iterations must be >= 1, --pnp-weight and --pnp-sigma-end finite and > 0")
+    return problems
 
 
 def argument_problems(opts) -> List[str]:
@@ -211,6 +241,8 @@ def argument_problems(opts) -> List[str]:
     if needed and not _accelerator_available(needed):
         problems.append(f"--accelerator {opts.accelerator} needs {needed}, which this machine does not have "
                         "(use --accelerator cpu or auto)")
+    if opts.prior != "dip":
+        problems += _plug_and_play_problems(opts)
     if opts.network == "analytic":
         defaults = _parser()
         given = [f"--{name.replace('_', '-')}" for name in DIP_ONLY_OPTIONS

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 
 from ..locks import FolderInUse, OutputLock
 from ..messages import exit_with_error, quiet_library_notes
 from ..threads import apply_thread_policy
 from .arguments import PROGRAM, argument_problems
 from .fitting import NETWORK_LABELS, fit_slice, returned_iterate, run_logger
-from .inputs import center_offset, input_errors_end_the_run, measurement_problems, read_slice
+from .inputs import center_offset, input_errors_end_the_run, measurement_problems, read_slice, reference_file
 from .outputs import reference_metrics, save_image, save_loss_plot, save_preview, write_summary
+from .plug_and_play import pnp_one_slice
 from .slices import finetune_slices
 
 __all__ = ["finetune_one_slice", "run"]
@@ -34,7 +34,9 @@ def run(opts) -> dict:
     except FolderInUse as error:
         exit_with_error(PROGRAM, str(error))
     try:
-        return finetune_slices(opts) if opts.slices is not None else finetune_one_slice(opts)
+        if opts.slices is not None:
+            return finetune_slices(opts)
+        return pnp_one_slice(opts) if opts.prior != "dip" else finetune_one_slice(opts)
     finally:
         lock.release()
 
@@ -44,13 +46,8 @@ def finetune_one_slice(opts) -> dict:
     an interrupt saves the best iterate so far and ends with status 130. Returns the summary."""
     row = 0 if opts.slice is None else opts.slice
     offset = center_offset(opts)
-
-    def reference_file(index: int) -> np.ndarray:  # --reference FILE: one image, whatever the row
-        return np.load(opts.reference)
-
-    references = None if opts.reference in (None, "full-fbp") else reference_file
     with input_errors_end_the_run(opts.debug):  # every input is read and checked before any folder or work
-        scan, reference = read_slice(opts, row, offset, references)
+        scan, reference = read_slice(opts, row, offset, reference_file(opts))
     problems = measurement_problems(opts, scan)
     if reference is not None and tuple(reference.shape) != tuple(scan.geometry.image_shape):
         problems.append(f"--reference has shape {tuple(reference.shape)}, the reconstruction "

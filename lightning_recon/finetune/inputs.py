@@ -19,7 +19,7 @@ from ..physics.fbp import FBP
 from ..physics.geometry import geometry_from_dict
 from .arguments import PROGRAM, is_scan
 
-__all__ = ["as_reference", "center_offset", "input_errors_end_the_run", "measurement_problems", "read_slice",
+__all__ = ["as_reference", "center_offset", "input_errors_end_the_run", "measurement_problems", "read_slice", "reference_file",
            "scan_rows", "uncut_fbp"]
 
 
@@ -88,6 +88,14 @@ def measurement_geometry(scan: Sinogram, opts):
 def as_reference(image) -> torch.Tensor:
     """A reference image (any array) as a float32 tensor."""
     return torch.from_numpy(np.array(image, dtype=np.float32))
+
+
+def reference_file(opts) -> Optional[Callable[[int], np.ndarray]]:
+    """``--reference FILE`` as a reader of any row's reference (one image, whatever the row); None
+    for no reference or ``full-fbp`` (computed by :func:`read_slice`)."""
+    if opts.reference in (None, "full-fbp"):
+        return None
+    return lambda row: np.load(opts.reference)
 
 
 def read_slice(opts, row: int, offset, references: Optional[Callable[[int], np.ndarray]] = None
