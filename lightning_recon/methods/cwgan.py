@@ -25,7 +25,8 @@ import torch
 
 from ..nets import ConditionalGenerator, ConvCritic
 from .adversarial import WassersteinTraining
-from .base import ReconstructionModule, with_schedule
+from .base import ReconstructionModule
+from .schedules import with_schedule
 
 __all__ = ["ConditionalWGAN"]
 
@@ -40,7 +41,7 @@ class ConditionalWGAN(WassersteinTraining, ReconstructionModule):
     counts both (Lightning counts every optimiser step): with ``n_critic = 5`` a run of
     ``max_steps = 60000`` makes 50000 critic and 10000 generator updates (:mod:`.adversarial`). The
     ``cosine`` schedule anneals each optimiser over its share of ``max_steps``, ``cosine-time`` each
-    over the time budget ``max_time`` (:func:`~.base.with_schedule`). Trainer-level gradient clipping is
+    over the time budget ``max_time`` (:func:`~.schedules.with_schedule`). Trainer-level gradient clipping is
     not available under manual optimisation (leave ``gradient_clip_val`` unset).
 
     ``reconstruct`` (validation, test table) is the posterior mean over ``num_samples`` samples;
