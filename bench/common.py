@@ -232,3 +232,38 @@ def baseline_test_flags(method: str, args) -> List[str]:
     return ["--model", "lightning_recon.methods.TVBaseline", f"--model.init_args.iterations={args.tv_iterations}",
             f"--model.init_args.alphas=[{','.join(str(a) for a in args.tv_alphas)}]",
             f"--model.init_args.tune_samples={args.tv_tune_samples}", "--model.init_args.method_name=TV"]
+
+
+# The three ellipses-small geometries of the prior benches (configs/experiment/ellipses_small_*_<key>.yaml).
+GEOMETRY_NAMES = {"30angles": "30 angles", "10angles": "10 angles", "limited60": "60° limited angle (30 angles)"}
+TEXT_COLUMNS = ("method", "data", "checkpoint")  # the results table's columns that are not numbers
+
+
+def read_results_row(results_dir: Path, name: str) -> Optional[Dict[str, Any]]:
+    """Row ``name`` of the results table in ``results_dir``, numbers as floats (None if absent)."""
+    from lightning_recon.results import read_results_table
+
+    row = read_results_table(results_dir).get(name)
+    return None if row is None else {k: (float(v) if v not in ("", None) and k not in TEXT_COLUMNS else v)
+                                     for k, v in row.items()}
+
+
+def geometry_table(results: Dict[str, Dict[str, dict]], geometries: Sequence[str], rows: Dict[str, str],
+                   seconds: bool = False) -> str:
+    """Markdown: one row per method (``rows``: key → row name), PSNR ± std and SSIM (and s/image with
+    ``seconds``) per geometry; ``results[geometry][method]`` as :func:`read_results_row` gives it."""
+    columns = 3 if seconds else 2
+    head = "| method | " + " | ".join(f"{GEOMETRY_NAMES[g]}: PSNR (dB) | SSIM" + (" | s/image" if seconds else "")
+                                     for g in geometries) + " |"
+    lines = [head, "|---" * (1 + columns * len(geometries)) + "|"]
+    for method, name in rows.items():
+        cells = []
+        for g in geometries:
+            row = results.get(g, {}).get(method)
+            if row is None:
+                cells += ["–"] * columns
+            else:
+                cells += [f"{row['psnr']:.2f} ± {row['psnr_std']:.2f}", f"{row['ssim']:.3f}"]
+                cells += [f"{row['seconds_per_image']:.3g}"] if seconds else []
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -25,15 +25,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List
 
-from lightning_recon.results import read_results_table
 
-from common import baseline_test_flags, machine_info
+from common import GEOMETRY_NAMES, baseline_test_flags, geometry_table, machine_info, read_results_row
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRIES = ("30angles", "10angles", "limited60")
-GEOMETRY_NAMES = {"30angles": "30 angles", "10angles": "10 angles", "limited60": "60° limited angle (30 angles)"}
 CONFIG_PREFIX = {"ellipses-small": "ellipses_small", "ellipses-30": "ellipses30"}
 METHODS = ("fbp", "tv", "vae-range", "vae-soft", "gan-range", "gan-soft")
 ROW_NAMES = {"fbp": "FBP", "tv": "TV", "vae-range": "VAE range", "vae-soft": "VAE soft", "gan-range": "GAN range",
@@ -62,28 +60,6 @@ def command(method: str, geometry: str, args) -> List[str]:
     if args.test_samples:
         out.append(f"--data.init_args.test_length={args.test_samples}")
     return out + [f"--model.init_args.results_dir={results}"]
-
-
-def read_row(results_dir: Path, name: str) -> Optional[Dict[str, float]]:
-    """Row ``name`` of the results table in ``results_dir``, numbers as floats (None if absent)."""
-    row = read_results_table(results_dir).get(name)
-    return None if row is None else {k: (float(v) if v not in ("", None) and k != "method" else v)
-                                     for k, v in row.items()}
-
-
-def markdown_table(results: Dict[str, Dict[str, dict]], geometries, methods) -> str:
-    head = "| method | " + " | ".join(f"{GEOMETRY_NAMES[g]}: PSNR (dB) | SSIM" for g in geometries) + " |"
-    lines = [head, "|---" * (1 + 2 * len(geometries)) + "|"]
-    for method in methods:
-        cells = []
-        for g in geometries:
-            row = results.get(g, {}).get(method)
-            if row is None:
-                cells += ["–", "–"]
-            else:
-                cells += [f"{row['psnr']:.2f} ± {row['psnr_std']:.2f}", f"{row['ssim']:.3f}"]
-        lines.append(f"| {ROW_NAMES[method]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -135,7 +111,7 @@ def main() -> None:
             if proc.returncode != 0:
                 print(log[-3000:], file=sys.stderr)
                 raise SystemExit(f"failed ({proc.returncode}): {printed}")
-            row = read_row(ROOT / args.results_root / geometry, ROW_NAMES[method])
+            row = read_results_row(ROOT / args.results_root / geometry, ROW_NAMES[method])
             results.setdefault(geometry, {})[method] = row
             runs.append({"geometry": geometry, "method": method, "command": printed, "tuned": tuned,
                          "wall_seconds": seconds, "row": row})
@@ -143,7 +119,7 @@ def main() -> None:
                   f"({seconds:.0f} s)", flush=True)
     if args.dry_run:
         return
-    table = markdown_table(results, args.geometries, methods)
+    table = geometry_table(results, args.geometries, {m: ROW_NAMES[m] for m in methods})
     print(f"\n{args.preset}, test split ({int(next(iter(next(iter(results.values())).values()))['images'])} images), "
           "PSNR/SSIM per image with the per-image data range:\n")
     print(table)

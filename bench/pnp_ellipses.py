@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from common import add_threads_argument, baseline_test_flags, machine_info, set_threads
+from common import (GEOMETRY_NAMES, add_threads_argument, baseline_test_flags, geometry_table, machine_info,
+                    read_results_row, set_threads)
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRIES = ("30angles", "10angles", "limited60")
-GEOMETRY_NAMES = {"30angles": "30 angles", "10angles": "10 angles", "limited60": "60° limited angle (30 angles)"}
 NETWORKS = ("drunet", "lifting")
 ALGORITHMS = ("hqs", "admm", "pgd", "red")
 NETWORK_NAMES = {"drunet": "DRUNet", "lifting": "lifting"}
@@ -122,14 +122,6 @@ def run(cmd: List[str], env, dry_run: bool) -> Optional[Dict]:
     return {"command": printed, "wall_seconds": seconds, "tuned": tuned}
 
 
-def read_row(results_dir: Path, name: str) -> Optional[Dict[str, float]]:
-    from lightning_recon.results import read_results_table
-
-    row = read_results_table(results_dir).get(name)
-    return None if row is None else {k: (float(v) if v not in ("", None) and k not in ("method", "data", "checkpoint")
-                                         else v) for k, v in row.items()}
-
-
 def denoising_scores(checkpoint: str, args, sigma: float = 0.05, count: int = 32) -> Dict[str, float]:
     """PSNR of the denoiser on the first ``count`` test ground truths plus seeded noise of std ``sigma``,
     its input's PSNR, and its parameter count."""
@@ -153,19 +145,6 @@ def denoising_scores(checkpoint: str, args, sigma: float = 0.05, count: int = 32
             "parameters": sum(p.numel() for p in net.parameters()),
             "noisy_psnr": float(psnr(noisy, truth).mean()), "psnr": float(psnr(denoised, truth).mean()),
             "seconds_per_image": seconds}
-
-
-def markdown_table(results: Dict[str, Dict[str, dict]], geometries, methods) -> str:
-    head = "| method | " + " | ".join(f"{GEOMETRY_NAMES[g]}: PSNR (dB) | SSIM | s/image" for g in geometries) + " |"
-    lines = [head, "|---" * (1 + 3 * len(geometries)) + "|"]
-    for method in methods:
-        cells = []
-        for g in geometries:
-            row = results.get(g, {}).get(method)
-            cells += (["–"] * 3 if row is None else [f"{row['psnr']:.2f} ± {row['psnr_std']:.2f}", f"{row['ssim']:.3f}",
-                                                      f"{row['seconds_per_image']:.3g}"])
-        lines.append(f"| {row_name(method)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -231,14 +210,14 @@ def main() -> None:
             record = run(test_command(method, geometry, args, checkpoints), env, args.dry_run)
             if record is None:
                 continue
-            row = read_row(ROOT / args.results_root / geometry, row_name(method))
+            row = read_results_row(ROOT / args.results_root / geometry, row_name(method))
             results.setdefault(geometry, {})[method] = row
             runs.append(dict(record, stage="test", geometry=geometry, method=method, row=row))
             print(f"  {row_name(method)}: {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}; {'; '.join(record['tuned'])} "
                   f"({record['wall_seconds']:.0f} s)", flush=True)
     if args.dry_run:
         return
-    table = markdown_table(results, args.geometries, methods)
+    table = geometry_table(results, args.geometries, {m: row_name(m) for m in methods}, seconds=True)
     print("\nellipses-small, test split, PSNR/SSIM per image with the per-image data range:\n")
     print(table)
     out_path = Path(args.out or ROOT / args.results_root / "pnp_ellipses.json")
