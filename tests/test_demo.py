@@ -1,6 +1,5 @@
 """``make demo``'s job (``lightning_recon.demo``) end to end at a tiny size: fit, test, FBP and TV
 rows in one table under the demo's ``out`` folder."""
-import pytest
 
 from lightning_recon.demo import main as demo
 

@@ -150,10 +150,18 @@ def dip_channels(opts) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     return (opts.channels,) * opts.scales, (4,) * opts.scales
 
 
+DENOISER_PRIOR = "denoiser:"
+
+
+def denoiser_checkpoint(prior: str) -> str:
+    """The checkpoint of ``--prior denoiser:<checkpoint>`` (``""`` for ``--prior dip`` or a bad form)."""
+    return prior[len(DENOISER_PRIOR):] if prior.startswith(DENOISER_PRIOR) else ""
+
+
 def _plug_and_play_problems(opts) -> List[str]:
     """``--prior denoiser:CHECKPOINT``: its form, a file or a shipped name, one slice, no DIP options."""
     problems = []
-    checkpoint = opts.prior[len("denoiser:"):] if opts.prior.startswith("denoiser:") else None
+    checkpoint = denoiser_checkpoint(opts.prior)
     if not checkpoint:
         return [f"--prior must be 'dip' or 'denoiser:CHECKPOINT', got {opts.prior!r}"]
     if not Path(resolve_checkpoint(checkpoint)).is_file():

@@ -17,18 +17,11 @@ import torch
 from ..messages import exit_with_error
 from ..methods.plug_and_play import PlugAndPlay
 from ..pretrained import resolve_checkpoint
-from .arguments import PROGRAM
+from .arguments import PROGRAM, denoiser_checkpoint
 from .inputs import center_offset, input_errors_end_the_run, read_slice, reference_file
 from .outputs import reference_metrics, save_image, save_preview, write_summary
 
-__all__ = ["denoiser_checkpoint", "pnp_one_slice"]
-
-PREFIX = "denoiser:"
-
-
-def denoiser_checkpoint(prior: str) -> str:
-    """The checkpoint of ``--prior denoiser:<checkpoint>`` (``""`` for ``--prior dip``)."""
-    return prior[len(PREFIX):] if prior.startswith(PREFIX) else ""
+__all__ = ["pnp_one_slice"]
 
 
 def pnp_model(opts, geometry) -> PlugAndPlay:
