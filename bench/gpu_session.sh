@@ -45,6 +45,9 @@ fi
 if [ "$SPEED" = 1 ]; then
     stamp "training speed, old vs new path"
     python bench/train_speed.py --paths --threads 0 $SPEED_ARGS --json "$OUT/train_speed.json" 2>&1 | grep -v Warning
+    stamp "training step variants: fp32, channels_last, bf16, compile, all (model alone, batch 32)"
+    timeout 240 python bench/train_speed.py --device cuda --threads 0 --batch-size 32 --steps 20 --rounds 3 --warmup 5 \
+        --out "$OUT/train_speed_variants.json" 2>&1 | grep -v Warning
 fi
 
 if [ "$DIP_SPEED" = 1 ]; then
