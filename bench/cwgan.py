@@ -92,7 +92,7 @@ def evaluate(unet: FBPUNet, cwgan: ConditionalWGAN, data, samples: int, device: 
 def sampling_time(device: str, num_samples: int, chunk: int, repeats: int) -> dict:
     """Seconds to draw ``num_samples`` samples of one 128² image (ellipses-30 generator, untrained)."""
     geometry = ParallelBeam2D((128, 128), num_angles=30).to_dict()
-    model = ConditionalWGAN(geometry=geometry, sample_chunk=chunk, results_dir=None).to(device).eval()
+    model = ConditionalWGAN(forward_model=geometry, sample_chunk=chunk, results_dir=None).to(device).eval()
     batch = {"fbp": torch.rand(1, 1, 128, 128, device=device)}
     model.sample(batch, chunk)  # warm-up
     times = []
@@ -130,7 +130,7 @@ def main(argv=None):
 
     data = SimulatedCTDataModule(preset=args.preset, batch_size=args.batch_size, num_workers=args.num_workers,
                                  fbp_frequency_scaling=1.0)
-    common = dict(geometry=data.geometry_dict, fbp_frequency_scaling=1.0, results_dir=None)
+    common = dict(forward_model=data.forward_model_dict, fbp_frequency_scaling=1.0, results_dir=None)
     start = time.perf_counter()
     loader = in_memory_loader(data, args.batch_size)
     simulation_seconds = time.perf_counter() - start

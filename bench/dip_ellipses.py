@@ -40,7 +40,7 @@ def run_one(data: SimulatedCTDataModule, split: str, index: int, tv_weight: floa
     sample = data.dataset(split)[index]
     truth = sample["ground_truth"][0]
     L.seed_everything(0, verbose=False)
-    model = DeepImagePrior(data.geometry_dict, channels=(channels,) * 5, skip_channels=(4,) * 5, network_input="fbp",
+    model = DeepImagePrior(data.forward_model_dict, channels=(channels,) * 5, skip_channels=(4,) * 5, network_input="fbp",
                            tv_weight=tv_weight, lr=1e-3)
     fit = fit_dip(model, sample["measurement"][None], iterations, accelerator, reference=truth)
     curve = fit["psnr"]
@@ -58,7 +58,7 @@ def geometry_arguments(preset: str, num_angles, limited_angle) -> dict:
         return {} if num_angles is None else {"num_angles": num_angles}
     if not 0 < limited_angle <= 180:
         raise SystemExit(f"--limited-angle must be in (0, 180] degrees, got {limited_angle}")
-    geometry = SimulatedCTDataModule(preset).geometry_dict
+    geometry = SimulatedCTDataModule(preset).forward_model_dict
     if num_angles is not None:
         geometry["num_angles"] = num_angles
     geometry["angle_range"] = [0.0, math.radians(limited_angle)]

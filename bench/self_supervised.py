@@ -57,7 +57,7 @@ def rows(args) -> List[Dict]:
     from lightning_recon.methods import FBPBaseline, FBPUNet, TVBaseline
 
     data = data_module(args, train_ground_truth=True)
-    common = dict(geometry=data.geometry_dict, fbp_filter="Ram-Lak", fbp_frequency_scaling=1.0,
+    common = dict(forward_model=data.forward_model_dict, fbp_filter="Ram-Lak", fbp_frequency_scaling=1.0,
                   results_dir=str(Path(args.out) / "results"))
     unet = dict(common, channels=args.channels, lr=args.lr, scheduler="cosine")
     out = []

@@ -50,7 +50,7 @@ def cases(name: str, images: int):
         return [("tooth", y, geometry.to_dict(), reference)]
     data = SimulatedCTDataModule(preset="ellipses-30" if name == "ellipses" else name, num_workers=0)
     test = first_samples(data, "test", images, ("measurement", "ground_truth"))
-    return [(f"{name} test {i}", test["measurement"][i:i + 1], data.geometry_dict, test["ground_truth"][i, 0])
+    return [(f"{name} test {i}", test["measurement"][i:i + 1], data.forward_model_dict, test["ground_truth"][i, 0])
             for i in range(images)]
 
 

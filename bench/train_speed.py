@@ -99,7 +99,7 @@ def time_steps(model, stream, steps: int, device: torch.device, bf16: bool, warm
 
 def build(name: str, data: SimulatedCTDataModule, device: torch.device, channels_last: bool, checked: bool):
     cls, kwargs = MODELS[name]
-    model = cls(geometry=data.geometry_dict, channels_last=channels_last, **kwargs).to(device)
+    model = cls(forward_model=data.forward_model_dict, channels_last=channels_last, **kwargs).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.operator.check_finite = checked
@@ -225,7 +225,7 @@ class VariantRun:
                  compile_backend: str):
         channels_last, bf16, compiled = VARIANTS[variant]
         torch.manual_seed(0)  # every variant starts from the same weights
-        model = MODELS[name][0](geometry=geometry, results_dir=None, **architecture(name)).to(device)
+        model = MODELS[name][0](forward_model=geometry, results_dir=None, **architecture(name)).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         with torch.no_grad():  # ‖A‖ of the unrolled methods, computed once outside the graph
@@ -295,7 +295,7 @@ def run_variants(args) -> None:
         runs, row = {}, {"model": name, "architecture": architecture(name), "variants": {}}
         for variant in args.variants:
             try:
-                run = VariantRun(name, variant, data.geometry_dict, batch, device, args.compile_backend)
+                run = VariantRun(name, variant, data.forward_model_dict, batch, device, args.compile_backend)
                 run.warm_up(args.warmup)
                 runs[variant] = run
                 row["variants"][variant] = {"steps_per_second": []}

@@ -8,6 +8,7 @@ disk and renames it into place: until the rename the previous checkpoint is inta
 new one is complete. Temporary files carry the writer's PID (``<name>.<pid>.partial``): a save
 removes its own and those of processes no longer running on this host, never a file another live
 run is still writing. Loading a truncated or corrupt checkpoint names the file and the way out.
+Checkpoints of earlier versions load too: ``upgrade_hyperparameters`` renames what was renamed since.
 """
 from __future__ import annotations
 
@@ -21,9 +22,24 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .locks import process_alive
 
-__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable", "read_lightning_checkpoint", "weights_only_copy"]
+__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable", "read_lightning_checkpoint", "upgrade_hyperparameters",
+           "weights_only_copy"]
 
 PARTIAL_SUFFIX = ".partial"
+
+
+# Hyperparameters renamed since checkpoints were first written: old name -> new name.
+RENAMED_HYPERPARAMETERS = {"geometry": "forward_model"}
+
+
+def upgrade_hyperparameters(hparams: Dict[str, Any]) -> Dict[str, Any]:
+    """A method's saved hyperparameters (``checkpoint["hyper_parameters"]``) under the names of this
+    version (``geometry``, the forward model's numbers, became ``forward_model``): a new dict, or
+    ``hparams`` itself when nothing was renamed."""
+    renamed = {old: new for old, new in RENAMED_HYPERPARAMETERS.items() if old in hparams and new not in hparams}
+    if not renamed:
+        return hparams
+    return {renamed.get(key, key): value for key, value in hparams.items()}
 
 
 class CheckpointUnreadable(RuntimeError):
@@ -43,6 +59,8 @@ def read_lightning_checkpoint(path: _PATH, mmap: bool = False) -> Dict[str, Any]
                          ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    if isinstance(checkpoint.get("hyper_parameters"), dict):
+        checkpoint["hyper_parameters"] = upgrade_hyperparameters(checkpoint["hyper_parameters"])
     return checkpoint
 
 

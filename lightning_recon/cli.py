@@ -5,9 +5,9 @@
         --config configs/trainer/cpu.yaml --config configs/logger/csv.yaml
     python train.py test --config <same configs> --ckpt_path <run>/checkpoints/last.ckpt
 
-The model's geometry is linked from the data module, so the two never disagree (links whose source
-or target a chosen class lacks are skipped); the full resolved config is saved next to the run and
-sent to the logger.
+The model's forward model (the data's geometry, ``forward_model``) is linked from the data module,
+so the two never disagree (links whose source or target a chosen class lacks are skipped); the full
+resolved config is saved next to the run and sent to the logger.
 
 Config files may compose others (``compose.expand_compose``); without a named data class the
 simulated ellipses are used (``compose.with_default_data``); the W&B mode never waits on an
@@ -63,7 +63,7 @@ class LoggedSaveConfig(SaveConfigCallback):
 # matter while training (the checkpoint's are kept outside `fit` without comparison).
 HONOURED_SETTINGS = ("results_dir", "method_name", "ray_transform_backend")
 REPORT_SETTINGS = ("results_dir", "method_name")  # honoured only when a config or flag sets them
-LINKED_SETTINGS = ("geometry", "data_range", "fbp_filter", "fbp_frequency_scaling")
+LINKED_SETTINGS = ("forward_model", "data_range", "fbp_filter", "fbp_frequency_scaling")
 
 
 def _model_class(class_path: str):
@@ -143,7 +143,7 @@ def move_outputs(config) -> None:
 
 class ReconCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.geometry_dict", "model.init_args.geometry", apply_on="instantiate")
+        parser.link_arguments("data.forward_model_dict", "model.init_args.forward_model", apply_on="instantiate")
         parser.link_arguments("data.fixed_data_range", "model.init_args.data_range", apply_on="instantiate")
         # the model's own FBP (used by forward(measurement)) is the one its training inputs were made with
         parser.link_arguments("data.init_args.fbp_filter", "model.init_args.fbp_filter")
@@ -172,7 +172,7 @@ class ReconCLI(LightningCLI):
         (one line naming each), except the settings of where and how to run and report, which the
         configs and flags clearly mean and which win: ``results_dir`` and ``method_name`` when set
         (else the checkpoint's stay), ``ray_transform_backend`` (a GPU checkpoint on a CPU) and,
-        outside ``fit``, the training-only settings. Settings the data module links (geometry, FBP,
+        outside ``fit``, the training-only settings. Settings the data module links (forward model, FBP,
         data range) come from the data."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -203,7 +203,7 @@ class ReconCLI(LightningCLI):
         if differing:
             exit_with_error("train.py", "the model config differs from --ckpt_path's (" + "; ".join(differing) + "); drop the "
                        "setting to use the checkpoint's, or train a new model")
-        super()._parse_ckpt_path()
+        self._parse_checkpoint_hyperparameters(subcommand, hparams)
         if subcommand == "fit":
             self._continue_logger_version(Path(ckpt_path))
         model_args = self.config[subcommand].model.init_args
@@ -218,13 +218,27 @@ class ReconCLI(LightningCLI):
                                f"(the checkpoint had {model_args.get(key)!r})")
                 model_args[key] = asked_args[key]
 
+    def _parse_checkpoint_hyperparameters(self, subcommand: str, hparams: dict) -> None:
+        """Lightning's ``_parse_ckpt_path`` on the hyperparameters already read (and renamed to this
+        version's names by ``read_lightning_checkpoint``): the checkpoint's model settings under the config."""
+        hparams = {key: value for key, value in hparams.items() if key != "_instantiator"}
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
     def _measurements_take_the_checkpoint_geometry(self, subcommand: str, hparams: dict) -> None:
         """Measurements without a geometry (``MeasurementsDataModule``) are those the checkpoint's model
         was trained on; a given geometry other than the checkpoint's is used as given, with a note."""
         data = self.config[subcommand].get("data")
         if data is None or not str(data.get("class_path", "")).endswith("MeasurementsDataModule"):
             return
-        saved = hparams.get("geometry")
+        saved = hparams.get("forward_model")
         if data.init_args.get("geometry") is None:
             data.init_args["geometry"] = saved
         elif saved is not None and not _same_setting(dict(data.init_args["geometry"]), saved):

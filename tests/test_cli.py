@@ -60,7 +60,7 @@ def test_every_committed_config_parses_and_instantiates(path, tmp_path):
         args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
                  "--trainer.precision=32-true", "--trainer.sync_batchnorm=false"]
     cli = cli_main(args, run=False)
-    assert cli.model.hparams.geometry == cli.datamodule.geometry_dict
+    assert cli.model.hparams.forward_model == cli.datamodule.forward_model_dict
     assert cli.model.hparams.data_range == cli.datamodule.fixed_data_range  # the data module's range is linked
 
 
@@ -83,7 +83,7 @@ def test_fit_two_steps_then_test_writes_the_results_table(model, tmp_path, monke
     assert any(c.name == "last.ckpt" for c in checkpoints)
     last = next(c for c in checkpoints if c.name == "last.ckpt")
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert state["hyper_parameters"]["geometry"]["image_shape"] == [32, 32]
+    assert state["hyper_parameters"]["forward_model"]["image_shape"] == [32, 32]
     assert (Path(cli.trainer.log_dir) / "config.yaml").exists()
     assert list((Path(cli.trainer.log_dir) / "panels").glob("*.png"))
     recorded = (Path(cli.trainer.log_dir) / "config.yaml").read_text()

@@ -10,7 +10,7 @@ GEOMETRY = ParallelBeam2D((16, 16), num_angles=6).to_dict()
 
 def test_an_unknown_compile_mode_is_refused_in_one_line():
     with pytest.raises(ValueError, match="compile_mode must be one of"):
-        FBPUNet(geometry=GEOMETRY, compile_mode="fastest")
+        FBPUNet(forward_model=GEOMETRY, compile_mode="fastest")
 
 
 @pytest.mark.slow
@@ -27,4 +27,4 @@ def test_a_compiled_fbp_unet_trains_and_saves_the_keys_of_an_eager_one(tmp_path,
     assert getattr(cli.model.net, "_compiled_call_impl", None) is not None
     assert torch.isfinite(torch.tensor(float(cli.trainer.callback_metrics["val/psnr"])))
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert set(saved) == set(FBPUNet(geometry=GEOMETRY, channels=[4, 4]).state_dict())
+    assert set(saved) == set(FBPUNet(forward_model=GEOMETRY, channels=[4, 4]).state_dict())

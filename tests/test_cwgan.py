@@ -30,7 +30,7 @@ def tiny_model(data, tmp_path, **kwargs) -> ConditionalWGAN:
     settings = dict(noise_channels=2, generator_channels=(8, 16), critic_channels=(8, 16), n_critic=2,
                     num_samples=4, predict_samples=6, sample_chunk=4, results_dir=str(tmp_path / "results"))
     settings.update(kwargs)
-    return ConditionalWGAN(geometry=data.geometry_dict, **settings)
+    return ConditionalWGAN(forward_model=data.forward_model_dict, **settings)
 
 
 def tiny_trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
@@ -153,7 +153,7 @@ def test_checkpoint_loads_weights_only_and_fit_resumes_with_panels(data, tmp_pat
     assert state["global_step"] == 3 and state["hyper_parameters"]["n_critic"] == 2
     assert list((Path(logger.log_dir) / "panels").glob("posterior-*.png"))
     restored = ConditionalWGAN.load_from_checkpoint(last, map_location="cpu", weights_only=True)
-    assert restored.hparams.geometry["image_shape"] == [SIZE, SIZE]
+    assert restored.hparams.forward_model["image_shape"] == [SIZE, SIZE]
 
     resumed_model = tiny_model(data, tmp_path)
     resumed = tiny_trainer(tmp_path, max_steps=6)

@@ -41,7 +41,7 @@ def trained(request, tmp_path_factory):
     """A DenoiserModule of each network fitted 60 steps on 16² ground truths, and its checkpoint."""
     torch.manual_seed(0)
     data = datamodule()
-    model = DenoiserModule(network=request.param, geometry=data.geometry_dict, sigma_min=0.02, sigma_max=0.2,
+    model = DenoiserModule(network=request.param, forward_model=data.forward_model_dict, sigma_min=0.02, sigma_max=0.2,
                            val_sigma=0.1, lr=3e-3, scheduler="none", results_dir=None, **NETS[request.param])
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=60, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -84,7 +84,7 @@ def test_networks_reject_inputs_they_cannot_take():
     with pytest.raises(ValueError, match="multiples of 8"):
         LiftingScheme(1, levels=3)(torch.rand(1, 1, 12, 16))
     with pytest.raises(ValueError, match="network must be one of"):
-        DenoiserModule(network="bm3d", geometry=ParallelBeam2D((SIZE, SIZE), num_angles=4).to_dict())
+        DenoiserModule(network="bm3d", forward_model=ParallelBeam2D((SIZE, SIZE), num_angles=4).to_dict())
 
 
 # -- the lifting scheme --------------------------------------------------------------------------
@@ -170,8 +170,8 @@ def test_denoiser_module_rejects_bad_settings_in_one_line():
                               (dict(val_sigma=0.5), "val_sigma 0.5 is outside the training range"),
                               (dict(sigma_max=float("nan")), "sigma_max must be a finite number")):
         with pytest.raises(ValueError, match=message):
-            DenoiserModule(geometry=geometry, **settings)
-    with pytest.raises(ValueError, match=r"works on images \(C, H, W\); this geometry's domain is \(40,\)"):
-        DenoiserModule(geometry=SparseCodingProblem(m=20, n=40).to_dict())
-    with pytest.raises(ValueError, match="at least 4x4 pixels; the geometry's are 2x2"):
-        DenoiserModule(geometry=ParallelBeam2D((2, 2), num_angles=4).to_dict(), channels=(4, 8, 16))
+            DenoiserModule(forward_model=geometry, **settings)
+    with pytest.raises(ValueError, match=r"works on images \(C, H, W\); this forward model's domain is \(40,\)"):
+        DenoiserModule(forward_model=SparseCodingProblem(m=20, n=40).to_dict())
+    with pytest.raises(ValueError, match="at least 4x4 pixels; the forward model's are 2x2"):
+        DenoiserModule(forward_model=ParallelBeam2D((2, 2), num_angles=4).to_dict(), channels=(4, 8, 16))

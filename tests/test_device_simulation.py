@@ -57,7 +57,7 @@ def test_cosine_time_schedule_anneals_over_the_time_budget(tmp_path):
 
     data = SimulatedCTDataModule("ellipses-small", image_size=32, num_angles=12, train_length=8, val_length=2,
                                  test_length=2, batch_size=4, simulate_on="device")
-    model = FBPUNet(geometry=data.geometry_dict, channels=[4, 8], scheduler="cosine-time", results_dir=None)
+    model = FBPUNet(forward_model=data.forward_model_dict, channels=[4, 8], scheduler="cosine-time", results_dir=None)
     trainer = L.Trainer(max_time={"seconds": 3}, max_epochs=1000, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(model, data)
@@ -66,4 +66,4 @@ def test_cosine_time_schedule_anneals_over_the_time_budget(tmp_path):
     with pytest.raises(ValueError, match="max_time"):
         L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                   limit_val_batches=0, default_root_dir=tmp_path).fit(
-            FBPUNet(geometry=data.geometry_dict, channels=[4, 8], scheduler="cosine-time", results_dir=None), data)
+            FBPUNet(forward_model=data.forward_model_dict, channels=[4, 8], scheduler="cosine-time", results_dir=None), data)

@@ -134,7 +134,7 @@ def test_edip_pretraining_checkpoint_warm_starts_finetuning(tmp_path, monkeypatc
                     f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
                     f"--model.init_args.results_dir={tmp_path}"])
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
-    pretrained = DeepImagePrior(cli.datamodule.geometry_dict, channels=(8, 8, 8), skip_channels=(4, 4, 4),
+    pretrained = DeepImagePrior(cli.datamodule.forward_model_dict, channels=(8, 8, 8), skip_channels=(4, 4, 4),
                                 pretrained=str(checkpoint))
     assert all(torch.equal(a, b) for a, b in zip(pretrained.net.state_dict().values(), cli.model.net.state_dict().values()))
 

@@ -40,7 +40,7 @@ def vae_checkpoint(tmp_path_factory):
     """A VAE prior trained 30 steps on 16² phantoms, and its checkpoint path."""
     torch.manual_seed(0)
     data = datamodule()
-    model = VAEPrior(geometry=data.geometry_dict, likelihood_std=0.1, lr=3e-3, scheduler="none", results_dir=None, **NET)
+    model = VAEPrior(forward_model=data.forward_model_dict, likelihood_std=0.1, lr=3e-3, scheduler="none", results_dir=None, **NET)
     images = torch.stack([data.dataset("train")[i]["ground_truth"] for i in range(16)])
     before = model_nelbo(model, images)
     fit = trainer(30)
@@ -83,7 +83,7 @@ def test_vae_training_decreases_the_negative_elbo(vae_checkpoint):
 def test_gan_prior_trains_a_few_steps_on_images_only():
     torch.manual_seed(0)
     data = datamodule()
-    model = GANPrior(geometry=data.geometry_dict, critic_channels=(4, 8), n_critic=2, results_dir=None, **NET)
+    model = GANPrior(forward_model=data.forward_model_dict, critic_channels=(4, 8), n_critic=2, results_dir=None, **NET)
     generator_before = [p.detach().clone() for p in model.generator.parameters()]
     critic_before = [p.detach().clone() for p in model.critic.parameters()]
     fit = trainer(6)
@@ -160,7 +160,7 @@ def test_checkpoint_loads_weights_only_and_the_same_generator_serves_every_geome
     rows = {}
     for name, geometry in (("8 angles", FULL), ("60 degrees", LIMITED)):
         data = datamodule(geometry=geometry)
-        model = GenerativeRegulariser(vae_checkpoint["path"], mode="soft", geometry=data.geometry_dict, iterations=15,
+        model = GenerativeRegulariser(vae_checkpoint["path"], mode="soft", forward_model=data.forward_model_dict, iterations=15,
                                       restarts=1, lam=1.0, tune=True, lams=[0.3, 3.0], tune_samples=2,
                                       results_dir=str(tmp_path / name))
         assert model.method_name == "VAE soft"
@@ -178,24 +178,24 @@ def test_checkpoint_loads_weights_only_and_the_same_generator_serves_every_geome
 def test_bad_arguments_give_clear_errors(vae_checkpoint, tmp_path):
     geometry = FULL
     with pytest.raises(ValueError, match="mode must be one of"):
-        GenerativeRegulariser(vae_checkpoint["path"], mode="both", geometry=geometry)
+        GenerativeRegulariser(vae_checkpoint["path"], mode="both", forward_model=geometry)
     with pytest.raises(ValueError, match="lam must be > 0"):
-        GenerativeRegulariser(vae_checkpoint["path"], mode="soft", lam=0.0, geometry=geometry)
+        GenerativeRegulariser(vae_checkpoint["path"], mode="soft", lam=0.0, forward_model=geometry)
     with pytest.raises(ValueError, match="restarts must be an integer >= 1"):
-        GenerativeRegulariser(vae_checkpoint["path"], restarts=0, geometry=geometry)
+        GenerativeRegulariser(vae_checkpoint["path"], restarts=0, forward_model=geometry)
     with pytest.raises(ValueError, match="mu must be >= 0"):
-        GenerativeRegulariser(vae_checkpoint["path"], mu=-1.0, geometry=geometry)
+        GenerativeRegulariser(vae_checkpoint["path"], mu=-1.0, forward_model=geometry)
     with pytest.raises(ValueError, match="image size|generates images 16x16"):
-        GenerativeRegulariser(vae_checkpoint["path"], geometry=ParallelBeam2D((32, 32), num_angles=8).to_dict())
-    missing = GenerativeRegulariser(str(tmp_path / "none.ckpt"), geometry=geometry)  # configs parse before training
+        GenerativeRegulariser(vae_checkpoint["path"], forward_model=ParallelBeam2D((32, 32), num_angles=8).to_dict())
+    missing = GenerativeRegulariser(str(tmp_path / "none.ckpt"), forward_model=geometry)  # configs parse before training
     with pytest.raises(ValueError, match="not found"):
         missing.setup("test")
     torch.save({"state_dict": {"net.weight": torch.zeros(1)}, "hyper_parameters": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="no generative prior"):
-        GenerativeRegulariser(str(tmp_path / "other.ckpt"), geometry=geometry)
+        GenerativeRegulariser(str(tmp_path / "other.ckpt"), forward_model=geometry)
     with pytest.raises(RuntimeError, match="nothing to train"):
-        GenerativeRegulariser(vae_checkpoint["path"], geometry=geometry).configure_optimizers()
+        GenerativeRegulariser(vae_checkpoint["path"], forward_model=geometry).configure_optimizers()
     with pytest.raises(ValueError, match="likelihood_std"):
-        VAEPrior(geometry=geometry, likelihood_std=0.0, **NET)
+        VAEPrior(forward_model=geometry, likelihood_std=0.0, **NET)
     with pytest.raises(ValueError, match="n_critic"):
-        GANPrior(geometry=geometry, n_critic=0, **NET)
+        GANPrior(forward_model=geometry, n_critic=0, **NET)

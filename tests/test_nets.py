@@ -240,10 +240,10 @@ def test_learned_gd_loads_checkpoints_written_before_the_norm_buffer_was_renamed
     from lightning_recon.physics import ParallelBeam2D
 
     geometry = ParallelBeam2D((16, 16), num_angles=6).to_dict()
-    model = LearnedGD(geometry=geometry, n_iter=2, hidden_channels=4, results_dir=None)
+    model = LearnedGD(forward_model=geometry, n_iter=2, hidden_channels=4, results_dir=None)
     old = dict(model.state_dict())
     old["operator_norm"] = torch.tensor(3.5)
     del old["cached_operator_norm"]
-    fresh = LearnedGD(geometry=geometry, n_iter=2, hidden_channels=4, results_dir=None)
+    fresh = LearnedGD(forward_model=geometry, n_iter=2, hidden_channels=4, results_dir=None)
     fresh.load_state_dict(old)
     assert float(fresh.cached_operator_norm) == 3.5

@@ -52,7 +52,7 @@ def denoiser(tmp_path_factory):
     """A DRUNet DenoiserModule fitted 60 steps on 16² ground truths (σ ∈ [0.02, 0.2]): its checkpoint."""
     torch.manual_seed(0)
     data = datamodule()
-    model = DenoiserModule(network="drunet", channels=(8, 16), blocks=1, geometry=data.geometry_dict,
+    model = DenoiserModule(network="drunet", channels=(8, 16), blocks=1, forward_model=data.forward_model_dict,
                            sigma_min=0.02, sigma_max=0.2, val_sigma=0.1, lr=3e-3, scheduler="none", results_dir=None)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=60, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -176,7 +176,7 @@ def test_checkpoint_loads_weights_only_and_every_algorithm_beats_fbp(denoiser):
     batch = stacked(data, "test", 4)
     fbp_psnr = float(psnr(batch["fbp"], batch["ground_truth"]).mean())
     for algorithm in ALGORITHMS:
-        model = PlugAndPlay(denoiser, algorithm=algorithm, geometry=data.geometry_dict, iterations=10,
+        model = PlugAndPlay(denoiser, algorithm=algorithm, forward_model=data.forward_model_dict, iterations=10,
                             sigma_start=0.1, sigma_end=0.02, weight=0.01, tune=False, results_dir=None)
         assert model.method_name == f"PnP-{algorithm.upper()} (drunet)"
         for key, value in model.denoiser_net.state_dict().items():
@@ -190,7 +190,7 @@ def test_tuned_on_validation_and_tested_on_two_geometries_with_one_denoiser(deno
     for name, geometry in (("8 angles", ParallelBeam2D((SIZE, SIZE), num_angles=8)),
                            ("60 degrees", ParallelBeam2D((SIZE, SIZE), num_angles=6, angle_range=(0.0, math.pi / 3)))):
         data = datamodule(geometry=geometry.to_dict())
-        model = PlugAndPlay(denoiser, geometry=data.geometry_dict, iterations=6, sigma_start=0.1, weights=[0.001, 0.1],
+        model = PlugAndPlay(denoiser, forward_model=data.forward_model_dict, iterations=6, sigma_start=0.1, weights=[0.001, 0.1],
                             sigma_ends=[0.02, 0.05], tune_samples=2, results_dir=str(tmp_path / name))
         L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                   enable_model_summary=False).test(model, data, verbose=False)
@@ -220,7 +220,7 @@ def test_bad_denoisers_levels_and_geometries_give_one_line_errors(denoiser, tmp_
     other = tmp_path / "learned_gd.ckpt"
     torch.save({"state_dict": {"net.steps.0.update.0.weight": torch.zeros(1)},
                 "hyper_parameters": {"_class_path": "lightning_recon.methods.LearnedGD", "n_iter": 5}}, other)
-    untrained = DenoiserModule(network="lifting", levels=3, hidden=4, denoiser_hidden=4, geometry=geometry)
+    untrained = DenoiserModule(network="lifting", levels=3, hidden=4, denoiser_hidden=4, forward_model=geometry)
     lifting = tmp_path / "lifting.ckpt"  # 3 levels: images of at least 8²
     torch.save({"state_dict": untrained.state_dict(), "hyper_parameters": dict(untrained.hparams)}, lifting)
     cases = [
@@ -228,34 +228,34 @@ def test_bad_denoisers_levels_and_geometries_give_one_line_errors(denoiser, tmp_
         (dict(sigma_start=0.5), r"sigma_start 0.5 is outside the noise range .* \[0.02, 0.2\]"),
         (dict(sigma_end=0.01, tune=False), r"sigma_end 0.01 is outside the noise range"),
         (dict(sigma_ends=[0.005, 0.05]), r"sigma_ends entry 0.005 is outside the noise range"),
-        (dict(geometry=SparseCodingProblem(m=20, n=40).to_dict()), r"takes images \(1, H, W\); this geometry's "
-                                                                   r"domain is \(40,\)"),
-        (dict(geometry=SparseCodingProblem(dictionary="convolutional", num_filters=3, image_size=8).to_dict()),
-         r"takes images \(1, H, W\); this geometry's domain is \(3, 8, 8\)"),
-        (dict(denoiser=str(lifting), geometry=ParallelBeam2D((4, 4), num_angles=4).to_dict()),
-         r"\(lifting\) takes images of at least 8x8 pixels; this geometry's are 4x4"),
+        (dict(forward_model=SparseCodingProblem(m=20, n=40).to_dict()),
+         r"takes images \(1, H, W\); this forward model's domain is \(40,\)"),
+        (dict(forward_model=SparseCodingProblem(dictionary="convolutional", num_filters=3, image_size=8).to_dict()),
+         r"takes images \(1, H, W\); this forward model's domain is \(3, 8, 8\)"),
+        (dict(denoiser=str(lifting), forward_model=ParallelBeam2D((4, 4), num_angles=4).to_dict()),
+         r"\(lifting\) takes images of at least 8x8 pixels; this forward model's are 4x4"),
         (dict(algorithm="ista"), "algorithm must be one of"),
         (dict(sigma_start=0.05, sigma_end=0.1), "the noise levels decrease: sigma_end 0.1 > sigma_start 0.05"),
         (dict(weights=[0.01, -1.0]), "every entry of weights must be a finite number > 0"),
     ]
     for change, message in cases:
-        settings = dict(denoiser=denoiser, geometry=geometry)
+        settings = dict(denoiser=denoiser, forward_model=geometry)
         settings.update(change)
         with pytest.raises(ValueError, match=message) as raised:
             PlugAndPlay(**settings)
         assert "\n" not in str(raised.value)
-    missing = PlugAndPlay(str(tmp_path / "none.ckpt"), geometry=geometry)  # configs parse before the denoiser exists
+    missing = PlugAndPlay(str(tmp_path / "none.ckpt"), forward_model=geometry)  # configs parse before the denoiser exists
     with pytest.raises(ValueError, match="none.ckpt does not exist"):
         missing.setup("test")
     with pytest.raises(RuntimeError, match="nothing to train"):
-        PlugAndPlay(denoiser, geometry=geometry, sigma_ends=[0.02]).configure_optimizers()
+        PlugAndPlay(denoiser, forward_model=geometry, sigma_ends=[0.02]).configure_optimizers()
 
 
 # -- deep unfolding ------------------------------------------------------------------------------
 def test_unfolded_hqs_starts_from_the_pretrained_denoiser_and_trains_end_to_end(denoiser, tmp_path):
     torch.manual_seed(0)
     data = datamodule()
-    model = UnfoldedHQS(n_iter=3, pretrained=denoiser, network="lifting", geometry=data.geometry_dict,
+    model = UnfoldedHQS(n_iter=3, pretrained=denoiser, network="lifting", forward_model=data.forward_model_dict,
                         sigma_start=0.1, sigma_end=0.03, lr=1e-3, scheduler="none", results_dir=None)
     assert model.hparams.network == "drunet" and list(model.hparams.channels) == [8, 16]  # the checkpoint's
     saved = torch.load(denoiser, weights_only=True, map_location="cpu")["state_dict"]
@@ -277,7 +277,7 @@ def test_unfolded_hqs_starts_from_the_pretrained_denoiser_and_trains_end_to_end(
     batch = stacked(data, "test", 2)
     assert reloaded.reconstruct(batch).shape == batch["ground_truth"].shape
     with pytest.raises(ValueError, match="outside the denoiser's noise range"):
-        UnfoldedHQS(pretrained=denoiser, geometry=data.geometry_dict, sigma_start=0.3)
+        UnfoldedHQS(pretrained=denoiser, forward_model=data.forward_model_dict, sigma_start=0.3)
 
 
 def test_finetune_py_reconstructs_one_measurement_with_a_denoiser_prior(denoiser, tmp_path, capsys):

@@ -99,7 +99,7 @@ def test_init_from_starts_a_new_run_from_another_run_s_weights_in_another_geomet
                   "--model.init_args.hidden_channels=4"]
     checkpoint = fitted(tmp_path / "first", model_args)
     saved = torch.load(checkpoint, weights_only=True)["state_dict"]
-    model = LearnedGD(geometry=ParallelBeam2D((16, 16), num_angles=8).to_dict(), n_iter=2, hidden_channels=4,
+    model = LearnedGD(forward_model=ParallelBeam2D((16, 16), num_angles=8).to_dict(), n_iter=2, hidden_channels=4,
                       init_from=str(checkpoint), results_dir=None)
     model.load_initial_weights()
     for key, value in model.state_dict().items():

@@ -29,7 +29,7 @@ LOSS_SETTINGS = {"noise2inverse": dict(loss="noise2inverse", n2i_splits=4),
 
 
 def model(cls=FBPUNet, geometry=GEOMETRY, **settings):
-    return cls(geometry=geometry.to_dict(), results_dir=None, **NETWORKS[cls], **settings)
+    return cls(forward_model=geometry.to_dict(), results_dir=None, **NETWORKS[cls], **settings)
 
 
 def sinograms(geometry=GEOMETRY, count=2, seed=0):
@@ -179,7 +179,7 @@ class PseudoInverse(LearnedReconstructionModule):
 
 def test_equivariant_loss_vanishes_for_an_exact_inverse_and_its_consistency_term_is_the_residual():
     geometry = ParallelBeam2D((8, 8), num_angles=20)
-    inverse = PseudoInverse(geometry=geometry.to_dict(), loss="equivariant", ei_rotations=3, ei_max_shift=2,
+    inverse = PseudoInverse(forward_model=geometry.to_dict(), loss="equivariant", ei_rotations=3, ei_max_shift=2,
                             results_dir=None)
     assert inverse.rank == 64  # injective: A⁺A = I
     y, _ = sinograms(geometry)
@@ -336,7 +336,7 @@ def test_supervised_loss_with_a_data_module_without_ground_truth_is_refused_in_o
         "strategy", "ei-weight", "ei-rotations"])
 def test_bad_settings_are_one_line_value_errors(settings, geometry, message):
     with pytest.raises(ValueError, match=message) as error:
-        LearnedGD(geometry=geometry.to_dict(), n_iter=1, hidden_channels=2, results_dir=None, **settings)
+        LearnedGD(forward_model=geometry.to_dict(), n_iter=1, hidden_channels=2, results_dir=None, **settings)
     assert "\n" not in str(error.value)
 
 

@@ -167,7 +167,7 @@ def test_learned_ista_beats_its_ista_initialisation(tmp_path):
 
     data = SparseCodingDataModule(problem=dict(m=20, n=40, sparsity=0.1, noise_std=0.01), train_length=1024,
                                   val_length=64, test_length=64, batch_size=64)
-    model = LearnedISTA(data.geometry_dict, num_layers=4, nonnegative=False, sparsity_weight=0.05, lr=3e-3,
+    model = LearnedISTA(data.forward_model_dict, num_layers=4, nonnegative=False, sparsity_weight=0.05, lr=3e-3,
                         results_dir=str(tmp_path / "results"))
     trainer = L.Trainer(max_steps=150, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         default_root_dir=tmp_path, accelerator="cpu")
@@ -198,7 +198,7 @@ def test_cli_fits_lista_on_light_fields_then_tests_it(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     args = _tiny_lightfield_args(tmp_path)
     cli = cli_main(["fit", *args, "--model.init_args.num_layers=3"])
-    assert cli.model.hparams.geometry["num_lenslets"] == 6
+    assert cli.model.hparams.forward_model["num_lenslets"] == 6
     log_dir = Path(cli.trainer.log_dir)
     assert list((log_dir / "panels").glob("projections-*.png"))
     last = tmp_path / "checkpoints" / "last.ckpt"  # --out: the checkpoints' folder

@@ -165,6 +165,6 @@ def test_tv_baseline_alpha_means_the_same_in_any_length_unit():
     for extent in (None, (0.26, 0.26)):
         geometry = ParallelBeam2D((24, 24), image_extent=extent, num_angles=12)
         y = RayTransform(geometry)(x)
-        model = TVBaseline(geometry=geometry.to_dict(), alpha=2.0, iterations=200, tune=False, results_dir=None)
+        model = TVBaseline(forward_model=geometry.to_dict(), alpha=2.0, iterations=200, tune=False, results_dir=None)
         results.append(model.reconstruct({"measurement": y}))
     assert torch.allclose(results[0], results[1], atol=1e-4)

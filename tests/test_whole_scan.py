@@ -61,6 +61,18 @@ def test_synthetic_scan_reads_as_data_exchange_and_its_fbp_matches_the_ground_tr
     assert not np.array_equal(other, truth)
 
 
+
+def test_one_slice_is_the_same_fit_as_slices_k(scan, tmp_path):
+    """``--slice k`` and ``--slices k`` run one ``fit_slice`` with the same start: the same image and
+    the same PSNR (the first slice of ``--slices`` starts from ``--init``, as a single slice does)."""
+    common = [str(scan[0]), "--reference", str(scan[1]), *TINY]
+    single = finetune_main([*common, "--slice", "2", "--out", str(tmp_path / "single")])
+    stack = finetune_main([*common, "--slices", "2", "--out", str(tmp_path / "stack")])
+    image = np.load(tmp_path / "single" / "recon.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "stack" / "recon.npy"), image[None])
+    assert stack["slices"][0]["recon_psnr"] == single["recon_psnr"] and stack["slices"][0]["slice"] == 2
+    assert stack["slices"][0]["best_loss"] == single["best_loss"]
+
 def test_slices_forms():
     assert slice_indices("all", 5) == [0, 1, 2, 3, 4]
     assert slice_indices("3", 5) == [3]

@@ -103,8 +103,9 @@ class SplitDataModule(L.LightningDataModule):
     train_ground_truth: bool = True
 
     @property
-    def geometry_dict(self) -> Dict[str, Any]:
-        """``self.geometry`` as plain numbers (linked into the model's hyperparameters by the CLI)."""
+    def forward_model_dict(self) -> Dict[str, Any]:
+        """``self.geometry`` as plain numbers with its ``type`` (the CLI links it into the model's
+        ``forward_model``)."""
         return self.geometry.to_dict()
 
     @property

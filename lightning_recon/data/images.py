@@ -230,9 +230,9 @@ class ImageDataModule(FileSplitsDataModule):
             line; ``"dataset"`` needs it for the training split).
         fbp_filter, fbp_frequency_scaling: the FBP the method computes on its device (linked by the CLI).
         batch_size, num_workers, cache_samples, backend: loader settings, in-memory image cache,
+            ray-transform backend.
         train_ground_truth: ``False``: training batches without ``ground_truth`` (the
             self-supervised losses ``noise2inverse`` / ``equivariant``); validation and test keep it.
-            ray-transform backend.
     """
 
     def __init__(

@@ -129,7 +129,7 @@ class SparseCodingDataset(_SimulatedSplit):
 
 
 class _SparseDataModule(SplitDataModule):
-    """Splits (train seed 42, val 2, test 1), loaders, and the geometry linked into the model."""
+    """Splits (train seed 42, val 2, test 1), loaders, and the forward model linked into the model."""
 
     def __init__(self, train_length: int, val_length: int, test_length: int, labelled_fraction: float,
                  batch_size: int, num_workers: int):
@@ -190,7 +190,7 @@ class SparseCodingDataModule(_SparseDataModule):
         self.save_hyperparameters({"problem": self.problem.to_dict()})
 
     @property
-    def geometry_dict(self) -> Dict[str, Any]:
+    def forward_model_dict(self) -> Dict[str, Any]:
         """The problem's numbers (codes are unbounded: NMSE is the figure of merit, not PSNR)."""
         return self.problem.to_dict()
 

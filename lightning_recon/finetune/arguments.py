@@ -115,7 +115,8 @@ def _parser(description: str = "") -> argparse.ArgumentParser:
                         help="U-Net channels at every scale (default: the --init checkpoint's, else 64)")
     parser.add_argument("--scales", type=int, default=None, help="(default: the --init checkpoint's, else 5)")
     parser.add_argument("--reference", default=None,
-                        help="'full-fbp' (FBP from all angles of the .h5 scan) or a .npy image, for PSNR/SSIM")
+                        help="'full-fbp' (FBP from all angles of the .h5 scan), a .npy image, or a .npy volume "
+                             "(rows, H, W) of the scan's slices (row k for --slice k and --slices), for PSNR/SSIM")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--logger", choices=["wandb", "csv", "none"], default="csv")
     parser.add_argument("--seed", type=int, default=0)

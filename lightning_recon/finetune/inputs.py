@@ -91,11 +91,17 @@ def as_reference(image) -> torch.Tensor:
 
 
 def reference_file(opts) -> Optional[Callable[[int], np.ndarray]]:
-    """``--reference FILE`` as a reader of any row's reference (one image, whatever the row); None
-    for no reference or ``full-fbp`` (computed by :func:`read_slice`)."""
+    """``--reference FILE`` as a reader of a row's reference: the file's image (whatever the row),
+    or row ``row`` of a ``(rows, H, W)`` volume, as ``--slices`` reads it; None for no reference or
+    ``full-fbp`` (computed by :func:`read_slice`)."""
     if opts.reference in (None, "full-fbp"):
         return None
-    return lambda row: np.load(opts.reference)
+
+    def row_reference(row: int) -> np.ndarray:
+        reference = np.load(opts.reference, mmap_mode="r")
+        return reference[row] if reference.ndim == 3 and row < reference.shape[0] else reference
+
+    return row_reference
 
 
 def read_slice(opts, row: int, offset, references: Optional[Callable[[int], np.ndarray]] = None

@@ -27,7 +27,7 @@ __all__ = ["pnp_one_slice"]
 def pnp_model(opts, geometry) -> PlugAndPlay:
     """The plug-and-play method of the options in ``geometry``; ``ValueError`` (one line) for a
     checkpoint that is not a denoiser, levels outside its trained range or an image it cannot take."""
-    model = PlugAndPlay(geometry=geometry.to_dict(), denoiser=resolve_checkpoint(denoiser_checkpoint(opts.prior)),
+    model = PlugAndPlay(forward_model=geometry.to_dict(), denoiser=resolve_checkpoint(denoiser_checkpoint(opts.prior)),
                         algorithm=opts.pnp_algorithm, iterations=opts.pnp_iterations, weight=opts.pnp_weight,
                         sigma_end=opts.pnp_sigma_end, tune=False, results_dir=None)
     model.attach_denoiser()  # read and checked now, before any folder or work

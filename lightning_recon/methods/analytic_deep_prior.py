@@ -36,7 +36,7 @@ class AnalyticDeepPrior(SingleMeasurementModule):
     (one Adam step on ``K_θ`` per Lightning step); ``reconstruction`` is ``φ_B(y)``.
 
     Args:
-        geometry: the CT geometry (dict of numbers).
+        forward_model: the CT geometry (dict of numbers).
         iterations: ``L``, proximal-gradient iterations inside ``φ_B``.
         regulariser: ``"nonnegative"`` or ``"l1"`` (with non-negativity); ``alpha`` weights ``‖x‖₁``.
         kernel_size: side of the learned convolution ``K_θ`` (odd).
@@ -46,9 +46,9 @@ class AnalyticDeepPrior(SingleMeasurementModule):
 
     logs_reference_ssim = False
 
-    def __init__(self, geometry: Dict[str, Any], iterations: int = 50, regulariser: str = "nonnegative",
+    def __init__(self, forward_model: Dict[str, Any], iterations: int = 50, regulariser: str = "nonnegative",
                  alpha: float = 0.0, kernel_size: int = 5, lr: float = 1e-3, **kwargs):
-        super().__init__(geometry, lr=lr, **kwargs)
+        super().__init__(forward_model, lr=lr, **kwargs)
         if regulariser not in REGULARISERS:
             raise ValueError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
         if iterations < 1 or kernel_size < 1 or kernel_size % 2 == 0 or alpha < 0:
@@ -77,7 +77,7 @@ class AnalyticDeepPrior(SingleMeasurementModule):
         response = torch.fft.fft2(identity + self.kernel, s=(64, 64)).abs().max()
         step = 1.0 / (self.operator.operator_norm(device=batch["measurement"].device) * response) ** 2
         return proximal_gradient(self.corrected_forward, self.corrected_adjoint, batch["measurement"],
-                                 self.geometry.image_shape, self.hparams.iterations, step, self.hparams.alpha,
+                                 self.forward_model.image_shape, self.hparams.iterations, step, self.hparams.alpha,
                                  self.hparams.regulariser)
 
     def training_step(self, y: torch.Tensor, batch_idx: int):

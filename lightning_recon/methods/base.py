@@ -3,7 +3,7 @@
 A method subclasses it and implements ``reconstruct(batch)``, mapping a batch dict
 (``measurement (B, *range_shape)``, for CT also ``fbp (B, 1, H, W)``; ``ground_truth``) to
 reconstructions ``(B, *domain_shape)``. The forward model is any operator of the physics contract,
-built from the ``geometry`` dict by ``operator_from_dict`` (a CT geometry, a light-field geometry, a
+built from the ``forward_model`` dict by ``operator_from_dict`` (a CT geometry, a light-field geometry, a
 sparse-coding problem); for CT the module also holds an FBP, the optional initial reconstruction.
 
 The base provides the supervised MSE loss, ``train/loss``, ``val/psnr`` (and ``val/ssim`` for
@@ -16,6 +16,7 @@ rebuilt lazily per process and device, so checkpoints hold only weights and plai
 """
 from __future__ import annotations
 
+import io
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from ..checkpointing import read_lightning_checkpoint
+from ..checkpointing import RENAMED_HYPERPARAMETERS, read_lightning_checkpoint, upgrade_hyperparameters
 from ..metrics import image_metrics, psnr, ssim
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
 from ..physics.geometry import Geometry2D
@@ -48,8 +49,8 @@ class ReconstructionModule(L.LightningModule):
     """Base LightningModule of every reconstruction method.
 
     Args:
-        geometry: the forward model as a dict of numbers (the CLI links it from the data): a CT
-            geometry, ``LightFieldGeometry`` or ``SparseCodingProblem``.
+        forward_model: the forward model as a dict of numbers with its ``type`` (the CLI links it
+            from the data): a CT geometry, ``LightFieldGeometry`` or ``SparseCodingProblem``.
         lr, betas, weight_decay: AdamW settings.
         scheduler: ``"cosine"`` (annealed to 0 over ``max_steps``), ``"cosine-time"`` (annealed to 0
             over the trainer's ``max_time`` of training: a fixed time budget, any speed) or ``"none"``.
@@ -89,7 +90,7 @@ class ReconstructionModule(L.LightningModule):
 
     def __init__(
         self,
-        geometry: Union[Dict[str, Any], Any],
+        forward_model: Union[Dict[str, Any], Any],
         lr: float = 1e-3,
         betas: Tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -106,18 +107,18 @@ class ReconstructionModule(L.LightningModule):
         init_from: Optional[str] = None,
     ):
         super().__init__()
-        geometry = spec_from_dict(geometry)
+        forward_model = spec_from_dict(forward_model)
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.save_hyperparameters()  # collects the subclasses' arguments too
-        # geometry as plain numbers: weights_only-safe checkpoints, equal to the data module's record
-        self.save_hyperparameters(dict(self.hparams, geometry=geometry.to_dict()))
-        self.geometry = geometry
-        self.operator = operator_from_dict(geometry, backend=ray_transform_backend, check_finite=False)
-        self.fbp = (FBP(geometry, fbp_filter, fbp_frequency_scaling, ray_transform=self.operator)
-                    if isinstance(geometry, Geometry2D) else None)
+        # the forward model as plain numbers: weights_only-safe checkpoints, equal to the data module's record
+        self.save_hyperparameters(dict(self.hparams, forward_model=forward_model.to_dict()))
+        self.forward_model = forward_model
+        self.operator = operator_from_dict(forward_model, backend=ray_transform_backend, check_finite=False)
+        self.fbp = (FBP(forward_model, fbp_filter, fbp_frequency_scaling, ray_transform=self.operator)
+                    if isinstance(forward_model, Geometry2D) else None)
         domain = self.operator.domain_shape
         if data_range is None:  # per-image ranges: the mean of per-image scores
             self.val_psnr, self.val_ssim = MeanMetric(), MeanMetric() if self.is_image_problem else None
@@ -127,6 +128,22 @@ class ReconstructionModule(L.LightningModule):
             # SSIM for images (B, 1, H, W) only; volumes and codes have their own scores
             self.val_ssim = StructuralSimilarityIndexMeasure(data_range=data_range) if self.is_image_problem else None
         self._test_rows: List[Dict[str, torch.Tensor]] = []
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args: Any, **kwargs: Any):
+        """Lightning's ``load_from_checkpoint``, for checkpoints of earlier versions too: a file whose
+        hyperparameters use an old name (``geometry``) is read once more, renamed
+        (:func:`~lightning_recon.checkpointing.upgrade_hyperparameters`) and loaded from memory."""
+        if isinstance(checkpoint_path, (str, Path)) and Path(checkpoint_path).is_file():
+            saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+            hparams = saved.get("hyper_parameters") if isinstance(saved, dict) else None
+            if isinstance(hparams, dict) and any(old in hparams for old in RENAMED_HYPERPARAMETERS):
+                saved["hyper_parameters"] = upgrade_hyperparameters(hparams)
+                buffer = io.BytesIO()
+                torch.save(saved, buffer)
+                buffer.seek(0)
+                checkpoint_path = buffer
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     @property
     def method_name(self) -> str:

@@ -34,10 +34,10 @@ class FBPBaseline(TunedOnValidation, ReconstructionModule):
         scores = {}
         for filter_type in self.hparams.filters:
             for scaling in self.hparams.frequency_scalings:
-                fbp = FBP(self.geometry, filter_type, scaling, ray_transform=self.operator).to(self.device)
+                fbp = FBP(self.forward_model, filter_type, scaling, ray_transform=self.operator).to(self.device)
                 scores[(filter_type, scaling)] = float(psnr(fbp(measurement), truth).mean())
         (filter_type, scaling), best = max(scores.items(), key=lambda item: item[1])
-        self.fbp = FBP(self.geometry, filter_type, scaling, ray_transform=self.operator).to(self.device)
+        self.fbp = FBP(self.forward_model, filter_type, scaling, ray_transform=self.operator).to(self.device)
         self.hparams.update(fbp_filter=filter_type, fbp_frequency_scaling=scaling)
         rank_zero_info(f"FBP tuned on {len(truth)} validation samples: {filter_type}, frequency scaling {scaling} "
                        f"({best:.2f} dB)")
@@ -62,7 +62,7 @@ class TVBaseline(TunedOnValidation, ReconstructionModule):
     @property
     def unit_scale(self) -> float:
         """``p²``, the pixel area in the geometry's length unit (1 for other operators)."""
-        return float(math.prod(self.geometry.pixel_size)) if isinstance(self.geometry, Geometry2D) else 1.0
+        return float(math.prod(self.forward_model.pixel_size)) if isinstance(self.forward_model, Geometry2D) else 1.0
 
     def tune_on(self, measurement: torch.Tensor, truth: torch.Tensor) -> None:
         scaled = [a * self.unit_scale for a in self.hparams.alphas]

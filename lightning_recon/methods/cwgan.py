@@ -57,7 +57,7 @@ class ConditionalWGAN(WassersteinTraining, ReconstructionModule):
         predict_samples: samples per measurement in ``predict_step``.
         sample_chunk: samples per measurement drawn in one generator call (memory vs speed).
         lr, betas, scheduler: Adam settings of both optimisers (the paper: 2e-4, (0.5, 0.9), constant).
-        **kwargs: geometry and the other settings of :class:`ReconstructionModule`.
+        **kwargs: forward_model and the other settings of :class:`ReconstructionModule`.
     """
 
     def __init__(

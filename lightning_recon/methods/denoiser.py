@@ -4,7 +4,7 @@ plug-and-play methods (:mod:`lightning_recon.methods.plug_and_play`).
 - :class:`DenoiserModule`: trains a DRUNet-style U-Net or a lifting-scheme invertible denoiser
   (:mod:`lightning_recon.nets.denoisers`) on ``batch["ground_truth"]`` plus white Gaussian noise of
   a level drawn per image, uniformly in ``[sigma_min, sigma_max]``, given to the network. It is a
-  :class:`~.base.ReconstructionModule` like every method: the ``geometry`` the CLI links from the
+  :class:`~.base.ReconstructionModule` like every method: the ``forward_model`` the CLI links from the
   data module fixes the image shape ``(C, H, W)`` (its operator is never applied), and the base's
   ``val/psnr`` / ``val/ssim``, panels and test table measure ``reconstruct``, which here is the
   denoising of the ground truth at the fixed level ``val_sigma`` (noise seeded per sample index, the
@@ -63,7 +63,7 @@ def image_domain(operator, what: str) -> Tuple[int, int, int]:
     """The operator's domain as images ``(C, H, W)``; ``ValueError`` naming ``what`` otherwise."""
     domain = tuple(operator.domain_shape)
     if len(domain) != 3:
-        raise ValueError(f"{what} works on images (C, H, W); this geometry's domain is {domain}")
+        raise ValueError(f"{what} works on images (C, H, W); this forward model's domain is {domain}")
     return domain
 
 
@@ -85,7 +85,7 @@ class DenoiserModule(ReconstructionModule):
         sigma_min, sigma_max: the training noise range; plug-and-play refuses levels outside it.
         val_sigma, val_seed: the validation noise level and seed.
         method_name: the results-table row (default ``"Denoiser <network> σ=<val_sigma>"``).
-        **kwargs: geometry (fixes the image shape) and the other settings of
+        **kwargs: forward_model (fixes the image shape) and the other settings of
             :class:`~.base.ReconstructionModule` (lr, scheduler, …).
     """
 
@@ -101,7 +101,7 @@ class DenoiserModule(ReconstructionModule):
         self.net = build_denoiser(network, channels_in, channels, blocks, levels, hidden, denoiser_hidden)
         if min(height, width) < self.net.min_size:
             raise ValueError(f"the {network} denoiser takes images of at least {self.net.min_size}x"
-                             f"{self.net.min_size} pixels; the geometry's are {height}x{width}")
+                             f"{self.net.min_size} pixels; the forward model's are {height}x{width}")
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """The denoised ``x (B, C, H, W)`` at noise level ``sigma`` (a number or ``(B,)``)."""
@@ -169,11 +169,11 @@ class DenoiserInfo:
         """``ValueError`` (one line) unless the operator's domain is images the network takes."""
         domain = tuple(operator.domain_shape)
         if len(domain) != 3 or domain[0] != self.in_channels:
-            raise ValueError(f"the denoiser {self.path} takes images ({self.in_channels}, H, W); this geometry's "
+            raise ValueError(f"the denoiser {self.path} takes images ({self.in_channels}, H, W); this forward model's "
                              f"domain is {domain}")
         if min(domain[1:]) < self.min_size:
             raise ValueError(f"the denoiser {self.path} ({self.network}) takes images of at least {self.min_size}x"
-                             f"{self.min_size} pixels; this geometry's are {domain[1]}x{domain[2]}")
+                             f"{self.min_size} pixels; this forward model's are {domain[1]}x{domain[2]}")
 
 
 def _channels_from_state(network: str, state: Mapping[str, torch.Tensor], prefix: str) -> int:

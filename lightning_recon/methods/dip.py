@@ -80,7 +80,7 @@ class DeepImagePrior(SingleMeasurementModule):
     of the base not listed here keep their defaults.
 
     Args:
-        geometry: the measurement geometry (dict of numbers).
+        forward_model: the measurement geometry (dict of numbers).
         channels, skip_channels: the encoder-decoder U-Net (GroupNorm).
         network: ``"unet"`` (the DIP encoder-decoder) or ``"deep-decoder"`` (Heckel & Hand 2019: 1 × 1
             convolutions, upsampling, ReLU, channel normalisation; ``channels`` per layer, its input
@@ -112,7 +112,7 @@ class DeepImagePrior(SingleMeasurementModule):
 
     def __init__(
         self,
-        geometry: Union[Dict[str, Any], Geometry],
+        forward_model: Union[Dict[str, Any], Geometry],
         channels: Sequence[int] = (64, 64, 64, 64, 64),
         skip_channels: Sequence[int] = (4, 4, 4, 4, 4),
         network: str = "unet",
@@ -145,11 +145,11 @@ class DeepImagePrior(SingleMeasurementModule):
             raise ValueError(f"tv_weight must be finite and >= 0, got {tv_weight}")
         if iterations_per_step < 1:
             raise ValueError(f"iterations_per_step must be >= 1, got {iterations_per_step}")
-        super().__init__(geometry, lr=lr, fbp_filter=fbp_filter, fbp_frequency_scaling=fbp_frequency_scaling)
+        super().__init__(forward_model, lr=lr, fbp_filter=fbp_filter, fbp_frequency_scaling=fbp_frequency_scaling)
         self.automatic_optimization = False  # DIP iterations are Adam steps inside training_step
         self.save_hyperparameters(dict(self.hparams, channels=list(channels), skip_channels=list(skip_channels)))
         if network == "deep-decoder":
-            self.net = DeepDecoder(self.geometry.image_shape, channels=tuple(channels))
+            self.net = DeepDecoder(self.forward_model.image_shape, channels=tuple(channels))
         else:
             self.net = dip_unet(channels, skip_channels)
         if pretrained:
@@ -191,7 +191,7 @@ class DeepImagePrior(SingleMeasurementModule):
                 self._input = fbp / self.image_scale
             else:
                 gen = torch.Generator().manual_seed(self.hparams.seed)
-                shape = self.net.input_shape if isinstance(self.net, DeepDecoder) else (1, *self.geometry.image_shape)
+                shape = self.net.input_shape if isinstance(self.net, DeepDecoder) else (1, *self.forward_model.image_shape)
                 self._input = (0.1 * torch.rand((1, *shape), generator=gen)).to(y.device)
         return self._input
 

@@ -51,7 +51,7 @@ class _GenerativePrior(ReconstructionModule):
         super().__init__(**kwargs)
         if not self.is_image_problem:
             raise ValueError("generative priors are for single-channel images (B, 1, H, W); "
-                             f"the geometry's domain is {self.operator.domain_shape}")
+                             f"the forward model's domain is {self.operator.domain_shape}")
         check_settings("range", val_mu, 1.0, val_iterations, 1, val_lr, 1)
         image_shape = self.operator.domain_shape[1:]
         self.generator = ImageDecoder(latent_dim, image_shape, tuple(generator_channels))
@@ -92,7 +92,7 @@ class VAEPrior(_GenerativePrior):
         likelihood_std: ``s``; smaller values favour sharper reconstructions over a regular latent space.
         kl_warmup_steps: steps of the linear KL ramp.
         val_iterations, val_mu, val_lr: the validation reconstruction (range, from the encoder's mean of the FBP).
-        **kwargs: geometry and the other settings of :class:`ReconstructionModule`.
+        **kwargs: forward_model and the other settings of :class:`ReconstructionModule`.
     """
 
     def __init__(self, latent_dim: int = 128, generator_channels: Sequence[int] = (128, 64, 32, 16, 8),

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..checkpointing import upgrade_hyperparameters
 from ..metrics import psnr
 from ..nets.latent_decoder import ImageDecoder, ImageEncoder
 from ..solvers.generative import check_settings, generative_reconstruction
@@ -41,11 +42,12 @@ def load_prior(path: str) -> Tuple[ImageDecoder, Optional[ImageEncoder], Dict[st
         raise ValueError(f"prior_checkpoint {path!r} is not a readable checkpoint ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from error
     hparams = dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
+    hparams = upgrade_hyperparameters(hparams)
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not state or not any(key.startswith("generator.") for key in state) or "latent_dim" not in hparams:
         raise ValueError(f"prior_checkpoint {path!r} holds no generative prior (a VAEPrior or GANPrior checkpoint "
                          "with generator weights and latent_dim)")
-    image_shape = tuple(hparams["geometry"]["image_shape"])
+    image_shape = tuple(hparams["forward_model"]["image_shape"])
     generator = ImageDecoder(int(hparams["latent_dim"]), image_shape, tuple(hparams["generator_channels"]))
     generator.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
     encoder = None
@@ -79,7 +81,7 @@ class GenerativeRegulariser(TunedOnValidation, ReconstructionModule):
         encoder_init: restart 0 starts at the encoder's mean of the FBP (VAE priors; else ``z = 0``).
         tune, mus, lams, tune_samples: the validation tuning.
         method_name: the results-table row (default ``"<VAE|GAN> <mode>"``).
-        **kwargs: geometry and the other settings of :class:`ReconstructionModule`.
+        **kwargs: forward_model and the other settings of :class:`ReconstructionModule`.
     """
 
     def __init__(self, prior_checkpoint: str, mode: str = "soft", mu: float = 0.003, lam: float = 10.0,

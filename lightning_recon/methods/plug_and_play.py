@@ -83,7 +83,7 @@ class PlugAndPlay(TunedOnValidation, ReconstructionModule):
         nonnegative: clip iterates at 0.
         tune, weights, steps, sigma_ends, iteration_counts, tune_samples: the validation tuning.
         method_name: the results-table row (default ``"PnP-<ALGORITHM> (<network>)"``).
-        **kwargs: geometry and the other settings of :class:`ReconstructionModule`.
+        **kwargs: forward_model and the other settings of :class:`ReconstructionModule`.
     """
 
     def __init__(self, denoiser: str, algorithm: str = "hqs", iterations: int = 20, sigma_start: float = 0.1,
@@ -151,7 +151,7 @@ class PlugAndPlay(TunedOnValidation, ReconstructionModule):
         sigmas = sigma_schedule(settings["sigma_start"], settings["sigma_end"], settings["iterations"])
         with torch.no_grad():
             return pnp(self.hparams.algorithm, batch["measurement"], self.operator, self.denoise, sigmas,
-                       weight=settings["weight"] * _unit_scale(self.geometry), step=settings["step"],
+                       weight=settings["weight"] * _unit_scale(self.forward_model), step=settings["step"],
                        cg_iterations=self.hparams.cg_iterations, x0=x0, nonnegative=self.hparams.nonnegative)
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -204,7 +204,7 @@ class UnfoldedHQS(ReconstructionModule):
         sigma_min, sigma_max: the range of ``σ_k`` (with ``pretrained``: the denoiser's).
         sigma_start, sigma_end, weight: the initial ``σ_k`` (geometric schedule) and ``λ_k``.
         cg_iterations, init, nonnegative: as in :class:`PlugAndPlay`.
-        **kwargs: geometry and the other settings of :class:`ReconstructionModule`.
+        **kwargs: forward_model and the other settings of :class:`ReconstructionModule`.
     """
 
     training_only_settings = ("pretrained",)
@@ -232,7 +232,7 @@ class UnfoldedHQS(ReconstructionModule):
                                   hp.denoiser_hidden)
         if min(height, width) < self.net.min_size:
             raise ValueError(f"the {hp.network} denoiser takes images of at least {self.net.min_size}x"
-                             f"{self.net.min_size} pixels; the geometry's are {height}x{width}")
+                             f"{self.net.min_size} pixels; the forward model's are {height}x{width}")
         if info is not None:
             info.check_domain(self.operator)
             self.net.load_state_dict(net.state_dict())
@@ -275,7 +275,7 @@ class UnfoldedHQS(ReconstructionModule):
 
     def reconstruct(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         x0 = batch.get("fbp") if self.hparams.init == "fbp" else None
-        sigmas, weights = self.sigmas(), self.weights() * _unit_scale(self.geometry)
+        sigmas, weights = self.sigmas(), self.weights() * _unit_scale(self.forward_model)
         return pnp_hqs(batch["measurement"], self.operator, self.net, list(sigmas), list(weights),
                        cg_iterations=self.hparams.cg_iterations, x0=x0, nonnegative=self.hparams.nonnegative)
 

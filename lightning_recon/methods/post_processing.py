@@ -20,7 +20,7 @@ class FBPUNet(LearnedReconstructionModule):
     Args:
         channels: feature channels per scale (5 scales, 32…128 in the FBPConvNet settings).
         norm: ``"batch"``, ``"group"`` or ``"none"``.
-        **kwargs: the loss settings of :class:`LearnedReconstructionModule`, geometry and optimisation
+        **kwargs: the loss settings of :class:`LearnedReconstructionModule`, forward_model and optimisation
             settings of :class:`ReconstructionModule`.
     """
 

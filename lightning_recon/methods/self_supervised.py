@@ -94,7 +94,7 @@ class LearnedReconstructionModule(ReconstructionModule):
         ei_rotations: rotations per batch (5 in the paper's CT runs).
         ei_max_shift: with a positive value, each rotated image is also shifted circularly by up to
             this many pixels along each axis (0: rotations only, the paper's CT setting).
-        **kwargs: geometry and optimisation settings of :class:`ReconstructionModule`.
+        **kwargs: forward_model and optimisation settings of :class:`ReconstructionModule`.
     """
 
     training_only_settings = ("ei_weight", "ei_rotations", "ei_max_shift")
@@ -115,14 +115,14 @@ class LearnedReconstructionModule(ReconstructionModule):
             raise ValueError(f"ei_rotations draws distinct whole degrees in [1, 359]: at most 359, got {ei_rotations}")
         _integer("ei_max_shift", ei_max_shift, 0)
         if loss == "equivariant" and not self.is_image_problem:
-            raise ValueError(f"loss 'equivariant' rotates images (1, H, W); {type(self.geometry).__name__} "
+            raise ValueError(f"loss 'equivariant' rotates images (1, H, W); {type(self.forward_model).__name__} "
                              f"reconstructs {self.operator.domain_shape}")
         if loss == "noise2inverse":
             self._build_noise2inverse(n2i_splits, n2i_strategy)
 
     # -- Noise2Inverse: the subsets' operators, built from the geometry's numbers ---------------------
     def _build_noise2inverse(self, splits: int, strategy: str) -> None:
-        geometry = check_angle_splits(self.geometry, splits)
+        geometry = check_angle_splits(self.forward_model, splits)
         hp = self.hparams
         backend = hp.get("ray_transform_backend", "auto")
 

@@ -31,8 +31,8 @@ class SingleMeasurementModule(ReconstructionModule):
 
     logs_reference_ssim = True  # train/ssim next to train/psnr
 
-    def __init__(self, geometry: Dict[str, Any], lr: float, **kwargs):
-        super().__init__(geometry, lr=lr, scheduler="none", results_dir=None, **kwargs)
+    def __init__(self, forward_model: Dict[str, Any], lr: float, **kwargs):
+        super().__init__(forward_model, lr=lr, scheduler="none", results_dir=None, **kwargs)
         self.reference: Optional[torch.Tensor] = None
         self.losses: List[float] = []
 

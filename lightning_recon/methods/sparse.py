@@ -1,7 +1,7 @@
 """Sparse recovery: (F)ISTA baseline and learned ISTA for light-field volumes and sparse coding.
 
 Both solve ``y = A x + e`` for sparse ``x`` (non-negative for fluorescence), with ``A`` a
-light-field model or a dictionary given by plain numbers (``geometry``: a ``LightFieldGeometry``
+light-field model or a dictionary given by plain numbers (``forward_model``: a ``LightFieldGeometry``
 or ``SparseCodingProblem`` dict, linked from the data module by the CLI). Metrics: ``val/nmse``
 (dB), ``val/psnr`` (fixed data range), and for volumes ``val/f1``, the F1 score of detected
 neuron positions; the test table has NMSE, F1 and the time per sample.
@@ -25,16 +25,16 @@ class SparseRecoveryModule(ReconstructionModule):
     """The :class:`ReconstructionModule` of sparse recovery: NMSE and detection scores.
 
     Args:
-        geometry: ``LightFieldGeometry`` or ``SparseCodingProblem`` as a dict of numbers.
+        forward_model: ``LightFieldGeometry`` or ``SparseCodingProblem`` as a dict of numbers.
         peak_threshold: a reconstructed voxel counts as a neuron when it is a local maximum ≥ this.
         match_tolerance: detection distance (planes and pixels) for ``f1``.
         **kwargs: ``data_range`` (of ``val/psnr``; neuron peaks are ≤ 1), ``method_name``,
             ``results_dir``, optimisation settings: see :class:`ReconstructionModule`.
     """
 
-    def __init__(self, geometry: Dict[str, Any], peak_threshold: float = 0.2, match_tolerance: float = 2.0,
+    def __init__(self, forward_model: Dict[str, Any], peak_threshold: float = 0.2, match_tolerance: float = 2.0,
                  **kwargs):
-        super().__init__(geometry, **kwargs)
+        super().__init__(forward_model, **kwargs)
 
     def test_scores(self, pred: torch.Tensor, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Per-sample squared ``error`` ‖x̂ − x‖² and ``energy`` ‖x‖² (NMSE = Σ error / Σ energy over
@@ -80,10 +80,10 @@ class LearnedISTA(SparseRecoveryModule):
         **kwargs: ``lr``, ``scheduler`` and the other settings of :class:`SparseRecoveryModule`.
     """
 
-    def __init__(self, geometry: Dict[str, Any], num_layers: int = 10, tied: bool = False, nonnegative: bool = True,
+    def __init__(self, forward_model: Dict[str, Any], num_layers: int = 10, tied: bool = False, nonnegative: bool = True,
                  sparsity_weight: float = 0.01, supervised_weight: float = 1.0, consistency_weight: float = 0.0,
                  **kwargs):
-        super().__init__(geometry, **kwargs)
+        super().__init__(forward_model, **kwargs)
         if supervised_weight < 0 or consistency_weight < 0 or supervised_weight + consistency_weight == 0:
             raise ValueError("supervised_weight and consistency_weight must be >= 0 with at least one > 0, got "
                              f"{supervised_weight} and {consistency_weight}")
@@ -118,11 +118,11 @@ class ISTABaseline(TunedOnValidation, SparseRecoveryModule):
     validation NMSE on the first ``tune_samples`` samples before testing.
     """
 
-    def __init__(self, geometry: Dict[str, Any], iterations: int = 100, sparsity_weight: float = 0.01,
+    def __init__(self, forward_model: Dict[str, Any], iterations: int = 100, sparsity_weight: float = 0.01,
                  accelerated: bool = False, nonnegative: bool = True, tune: bool = True,
                  sparsity_weights: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1), tune_samples: int = 32,
                  **kwargs):
-        super().__init__(geometry, **kwargs)
+        super().__init__(forward_model, **kwargs)
 
     def solve(self, measurement: torch.Tensor, sparsity_weight: float) -> torch.Tensor:
         """(F)ISTA with weight λ = ``sparsity_weight``: ``(B, *range) -> (B, *domain)``."""
