@@ -28,3 +28,16 @@ def test_a_compiled_fbp_unet_trains_and_saves_the_keys_of_an_eager_one(tmp_path,
     assert torch.isfinite(torch.tensor(float(cli.trainer.callback_metrics["val/psnr"])))
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert set(saved) == set(FBPUNet(forward_model=GEOMETRY, channels=[4, 4]).state_dict())
+
+
+def test_without_a_cpu_compiler_compile_mode_warns_and_runs_eagerly(monkeypatch):
+    """``make demo`` compiles; on a machine without g++/clang++ it still runs, eagerly, with one warning."""
+    from lightning_recon.methods import base
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", "")
+    assert base.cpu_compiler() is None
+    model = FBPUNet(forward_model=GEOMETRY, channels=[4, 4], compile_mode="default")
+    with pytest.warns(UserWarning, match="needs a C\\+\\+ compiler"):
+        model.on_fit_start()
+    assert getattr(model.net, "_compiled_call_impl", None) is None

@@ -17,6 +17,8 @@ rebuilt lazily per process and device, so checkpoints hold only weights and plai
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -43,6 +45,13 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 # Lightning warns whenever a module defines on_after_batch_transfer and a data module is used; ours
 # adds the FBP to batches without one, and no data module of the project defines that hook.
 warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule`")
+
+
+def cpu_compiler() -> Optional[str]:
+    """The C++ compiler ``torch.compile`` (inductor) would build CPU kernels with: ``$CXX``, ``g++`` or
+    ``clang++`` on the PATH; None when there is none."""
+    found = (shutil.which(name) for name in (os.environ.get("CXX"), "g++", "clang++") if name)
+    return next((path for path in found if path), None)
 
 
 class ReconstructionModule(L.LightningModule):
@@ -218,6 +227,10 @@ class ReconstructionModule(L.LightningModule):
         if self.hparams.get("channels_last"):
             self.to(memory_format=torch.channels_last)
         mode = self.hparams.get("compile_mode")
+        if mode and self.device.type == "cpu" and not cpu_compiler():
+            rank_zero_warn("compile_mode: torch.compile on the CPU needs a C++ compiler (g++, clang++ or $CXX) and "
+                           "none was found; the networks run eagerly")
+            mode = None
         if mode:
             networks = [getattr(self, name) for name in self.compiled_modules
                         if isinstance(getattr(self, name, None), torch.nn.Module)]
