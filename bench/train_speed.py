@@ -20,6 +20,7 @@ Prints a markdown table and writes JSON (``--out``, default ``bench/results/trai
 
     python bench/train_speed.py --threads 1                                   # CPU, demo sizes
     python bench/train_speed.py --threads 1 --steps 2 --rounds 1 --warmup 1   # a quick check that it runs
+    python bench/train_speed.py --threads 1 --beside-busy-process             # beside one CPU-bound process
 
 **Paths** (``--paths``): the old data path against the new one, data included (the GPU comparison
 of ``bench/gpu_session.sh``):
@@ -49,6 +50,8 @@ import inspect
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -335,6 +338,7 @@ def run_variants(args) -> None:
         print(f"| {row['model']} | " + " | ".join(cells) + f" | {', '.join(compile_times) or '-'} |")
     result = dict(machine_info=machine_info(), threads=threads, policy_threads=policy_threads, device=str(device),
                   preset=args.preset, batch=args.batch_size, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
+                  beside_busy_process=args.beside_busy_process,
                   compile_backend=args.compile_backend, variants={k: dict(zip(("channels_last", "bf16", "compile"), v))
                                                                   for k, v in VARIANTS.items() if k in args.variants},
                   models=rows)
@@ -362,6 +366,9 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=14, help="DataLoader workers of the old path (--paths)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--profile", action="store_true", help="--paths on CUDA: the top kernels of learned PD")
+    parser.add_argument("--beside-busy-process", action="store_true",
+                        help="time beside one competing CPU-bound process (a Python busy loop, started here and "
+                             "stopped at the end): the machine as a user's desktop or a shared node")
     parser.add_argument("--out", "--json", dest="out", default=None, help="JSON output (default under bench/results/)")
     args = parser.parse_args(argv)
     defaults = dict(preset="ellipses-30", batch_size=32, steps=150, warmup=40) if args.paths else \
@@ -372,10 +379,15 @@ def main(argv=None):
     if min(args.steps, args.rounds, args.batch_size) < 1 or args.warmup < 0:
         raise SystemExit("--steps, --rounds and --batch-size must be >= 1, --warmup >= 0")
     set_threads(args.threads)
-    if args.paths:
-        run_paths(args)
-    else:
-        run_variants(args)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.beside_busy_process else None
+    try:
+        if args.paths:
+            run_paths(args)
+        else:
+            run_variants(args)
+    finally:
+        if busy is not None:
+            busy.kill()
 
 
 if __name__ == "__main__":
