@@ -18,11 +18,12 @@ from typing import Any, Dict, Optional
 
 import torch
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .locks import process_alive
 
-__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable", "read_lightning_checkpoint", "upgrade_hyperparameters",
+__all__ = ["AtomicCheckpointIO", "CheckpointUnreadable", "LastAndBestCheckpoint", "read_lightning_checkpoint", "upgrade_hyperparameters",
            "weights_only_copy"]
 
 PARTIAL_SUFFIX = ".partial"
@@ -86,6 +87,19 @@ def remove_stale_partials(folder: Path) -> None:
         pid = partial.name[: -len(PARTIAL_SUFFIX)].rpartition(".")[2]
         if pid.isdigit() and not process_alive(int(pid)):
             partial.unlink(missing_ok=True)
+
+
+class LastAndBestCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is the last validated step whether or not
+    that step is among the best: Lightning 2.6 writes ``last`` only at a step that also saved a
+    top-k checkpoint, so a run whose final validation was not its best ended with a stale
+    ``last.ckpt`` (the 6,000-step demo tested and resumed from step 5,750)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        skipped = self._should_skip_saving_checkpoint(trainer) or self._should_save_on_train_epoch_end(trainer)
+        super().on_validation_end(trainer, pl_module)
+        if self.save_last and not skipped and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -26,12 +26,11 @@ from typing import List, Optional
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .checkpointing import AtomicCheckpointIO, read_lightning_checkpoint
+from .checkpointing import AtomicCheckpointIO, LastAndBestCheckpoint, read_lightning_checkpoint
 from .compose import expand_compose, with_checkpoint_model, with_default_data, with_pretrained_paths
 from .data.files import DataFileError
 from .locks import FolderInUse, OutputLock, OutputUnwritable, check_writable
@@ -148,7 +147,7 @@ class ReconCLI(LightningCLI):
         # the model's own FBP (used by forward(measurement)) is the one its training inputs were made with
         parser.link_arguments("data.init_args.fbp_filter", "model.init_args.fbp_filter")
         parser.link_arguments("data.init_args.fbp_frequency_scaling", "model.init_args.fbp_frequency_scaling")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/psnr",
             "checkpoint.mode": "max",

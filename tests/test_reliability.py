@@ -72,6 +72,21 @@ TINY_DATA = ["--data.init_args.preset=ellipses-small", "--data.init_args.image_s
              "--trainer.enable_progress_bar=false"]
 
 
+
+def test_last_ckpt_is_the_last_validated_step_even_when_it_is_not_the_best(tmp_path, monkeypatch):
+    """Lightning 2.6 writes last.ckpt only beside a top-k save: with a learning rate of 0 the second
+    validation equals the first, is not better, saves no top-k checkpoint, and last.ckpt must still
+    be the last step."""
+    from lightning_recon.cli import cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli_main(["fit", *TINY_DATA, "--model=lightning_recon.methods.FBPUNet", "--model.init_args.channels=[4,4]",
+              "--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.check_val_every_n_epoch=null",
+              "--model.init_args.lr=0.0", f"--out={tmp_path}"])
+    best = sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch*.ckpt"))
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert len(best) == 1 and saved["global_step"] == 4, (best, saved["global_step"])
+
 @pytest.fixture(scope="module")
 def unet_checkpoint(tmp_path_factory):
     from lightning_recon.cli import cli_main
