@@ -41,3 +41,25 @@ def test_the_gan_bar_counts_critic_and_generator_steps_and_shows_generator_steps
     assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (30, 30)  # 25 batches: 25 critic + 5 generator
     assert cli.model.generator_steps == 5
     assert bar.get_metrics(cli.trainer, cli.model)["generator_steps"] == 5
+
+
+def test_a_run_resumed_mid_epoch_counts_on_from_the_epoch_start(tmp_path):
+    """A checkpoint written inside an epoch (as ``val_check_interval`` does): Lightning does not call
+    ``on_train_epoch_start`` when it resumes from one."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    geometry = ParallelBeam2D((16, 16), num_angles=8)
+    y = RayTransform(geometry)(torch.rand(1, 1, 16, 16))
+
+    def fit(max_steps: int, ckpt_path=None) -> L.Trainer:
+        model = DeepImagePrior(geometry.to_dict(), channels=(4, 4), skip_channels=(2, 2), lr=1e-2)
+        trainer = L.Trainer(max_steps=max_steps, logger=False, accelerator="cpu", enable_model_summary=False,
+                            callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=8, save_top_k=-1)])
+        count_steps_in_progress_bar(trainer)
+        trainer.fit(model, RepeatedMeasurement(y[0], 20).loader(), ckpt_path=ckpt_path)
+        return trainer
+
+    fit(12)
+    trainer = fit(20, tmp_path / "epoch=0-step=8.ckpt")  # 8 of the epoch's 20 steps made
+    bar = trainer.progress_bar_callback.train_progress_bar
+    assert trainer.global_step == 20 and (bar.n, bar.total) == (20, 20)

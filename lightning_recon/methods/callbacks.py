@@ -42,14 +42,16 @@ class StepProgressBar(TQDMProgressBar):
     bar's total is the epoch's batches times that, capped by the steps left to ``max_steps``.
     With ``generator_steps`` (a GAN) the bar also shows the generator updates made."""
 
+    def on_train_start(self, trainer, *args) -> None:
+        """Counts from the batches already made in this epoch: Lightning calls ``on_train_epoch_start``
+        after this unless it resumes inside an epoch."""
+        super().on_train_start(trainer, *args)
+        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        self._begin_epoch(trainer, trainer.global_step - round(batches_done * self._steps_per_batch(trainer)))
+
     def on_train_epoch_start(self, trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)
-        self._epoch_start_step = trainer.global_step
-        per_batch = float(getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1))
-        total = trainer.num_training_batches * per_batch
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            total = min(total, trainer.max_steps - trainer.global_step)
-        self.train_progress_bar.total = total if total == float("inf") else int(round(total))
+        self._begin_epoch(trainer, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         n = trainer.global_step - self._epoch_start_step
@@ -58,6 +60,18 @@ class StepProgressBar(TQDMProgressBar):
             bar.n = n
             bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    @staticmethod
+    def _steps_per_batch(trainer) -> float:
+        return float(getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1))
+
+    def _begin_epoch(self, trainer, epoch_start_step: int) -> None:
+        """Counts from ``epoch_start_step``; the total is the epoch's optimiser steps, capped by ``max_steps``."""
+        self._epoch_start_step = epoch_start_step
+        total = trainer.num_training_batches * self._steps_per_batch(trainer)
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps - epoch_start_step)
+        self.train_progress_bar.total = total if total == float("inf") else int(round(total))
 
     def get_metrics(self, trainer, pl_module):
         metrics = super().get_metrics(trainer, pl_module)
