@@ -336,9 +336,11 @@ class ReconCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         move_outputs(config)
-        data_args = config["data"].get("init_args") if config.get("data") is not None else None
+        data_args = (config["data"].get("init_args") if config.get("data") is not None else None) or {}
+        # workers of a cached data module simulate the first epoch only, then sleep: no core kept for them
+        busy_workers = 0 if data_args.get("cache_samples") else int(data_args.get("num_workers") or 0)
         try:
-            threads = apply_thread_policy(config.get("threads"), num_workers=int((data_args or {}).get("num_workers") or 0))
+            threads = apply_thread_policy(config.get("threads"), num_workers=busy_workers)
         except ValueError as error:
             exit_with_error("train.py", f"--{error}")
         rank_zero_info(f"torch CPU threads: {threads}")

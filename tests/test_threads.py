@@ -125,3 +125,16 @@ def test_train_py_applies_the_thread_policy_and_takes_threads(monkeypatch, capsy
         assert ended.value.code == 2 and "--threads must be a positive integer" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_train_py_keeps_a_core_for_workers_that_simulate_but_not_for_workers_of_a_cached_data_module(machine):
+    """A cached data module's workers simulate the first epoch, then sleep (``make demo``'s case)."""
+    from lightning_recon.cli import cli_main
+
+    config = ["--config", str(Path(__file__).resolve().parents[1] / "configs/experiment/demo_cpu.yaml"),
+              "--data.init_args.num_workers=1"]
+    machine["load"] = 5.0  # 3 cores free
+    cli_main([*config, "--data.init_args.cache_samples=true"], run=False)
+    assert torch.get_num_threads() == 3
+    cli_main([*config, "--data.init_args.cache_samples=false"], run=False)
+    assert torch.get_num_threads() == 2
