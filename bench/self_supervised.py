@@ -2,7 +2,7 @@
 X:1 or 1:X) next to FBP, TV and the same FBP + U-Net trained supervised (and, with
 ``--methods ... equivariant``, equivariant imaging).
 
-Data: ``ellipses-small-lowdose`` (64², 360 angles, Poisson noise at 1,000 photons per ray;
+Data: ``ellipses-small-lowdose`` (64², 360 angles, Poisson noise at 100 photons per ray;
 docs/data.md), the FBP delivered with each sample Ram-Lak (uncut). Every learned row trains the
 same U-Net for ``--steps`` steps (AdamW, cosine) on the same cached training samples and is tested
 with its last weights: no checkpoint is chosen by a ground truth. The self-supervised rows train on
@@ -14,6 +14,8 @@ fixed range 1 (``results.csv`` / ``results.md`` under ``--out``). Prints a markd
 
     OMP_NUM_THREADS=1 python bench/self_supervised.py                       # CUDA when present, else CPU
     OMP_NUM_THREADS=1 python bench/self_supervised.py --splits 2 4 --strategies X:1 1:X --steps 3000
+    # which dose is noise-dominated: FBP, zero counts and noiseless FBPs on validation images (a minute)
+    OMP_NUM_THREADS=1 python bench/self_supervised.py --scan-photons 1000 300 100 50 30
     # smoke check (tiny sizes, a minute; its numbers mean nothing):
     OMP_NUM_THREADS=1 python bench/self_supervised.py --smoke
 """
@@ -41,6 +43,59 @@ def data_module(args, train_ground_truth: bool):
                                  test_length=args.test_samples, photons=args.photons, batch_size=args.batch_size,
                                  num_workers=0, cache_samples=True, fbp_filter="Ram-Lak", fbp_frequency_scaling=1.0,
                                  train_ground_truth=train_ground_truth, **sizes)
+
+
+def dose_scan(args) -> str:
+    """``--scan-photons``: on the first ``--tune-samples`` validation images only, the FBP (Ram-Lak, and
+    the filter × cut-off tuned on those images over ``FBPBaseline``'s grid) at each dose, the fraction
+    of zero photon counts, and the noiseless Ram-Lak FBPs: of all angles and of one of K interleaved
+    subsets (K = 2, 4), the quality a Noise2Inverse target has without its noise. Returns a table."""
+    import inspect
+    import math
+
+    import torch
+    from lightning_recon.data import SimulatedCTDataModule
+    from lightning_recon.methods import FBPBaseline
+    from lightning_recon.metrics import psnr
+    from lightning_recon.physics.angle_splits import angle_splits, sub_geometry
+    from lightning_recon.physics.fbp import FBP
+    from lightning_recon.physics.noise import LODOPAB_MU_MAX
+
+    grid = {k: v.default for k, v in inspect.signature(FBPBaseline.__init__).parameters.items()
+            if k in ("filters", "frequency_scalings")}
+    sizes = {key: value for key, value in (("image_size", args.image_size), ("num_angles", args.num_angles))
+             if value}
+
+    def validation(**kwargs):
+        data = SimulatedCTDataModule(preset="ellipses-small-lowdose", val_length=args.tune_samples,
+                                     fbp_filter="Ram-Lak", fbp_frequency_scaling=1.0, **sizes, **kwargs)
+        samples = [data.dataset("val")[i] for i in range(args.tune_samples)]
+        return data.geometry, torch.stack([s["measurement"] for s in samples]), \
+            torch.stack([s["ground_truth"] for s in samples])
+
+    geometry, clean, truth = validation(noise="none")
+    ramlak = FBP(geometry, "Ram-Lak", 1.0)
+    lines = [f"Validation images 0-{args.tune_samples - 1}, PSNR (dB, each image's range):", "",
+             "| photons per ray | zero counts | FBP Ram-Lak | FBP tuned | noiseless Ram-Lak − tuned |",
+             "|---|---|---|---|---|"]
+    noiseless = float(psnr(ramlak(clean), truth).mean())
+    for photons in args.scan_photons:
+        _, noisy, truth_noisy = validation(photons=photons)
+        assert torch.equal(truth, truth_noisy)
+        zero_value = -math.log(0.1 / photons) / LODOPAB_MU_MAX  # the post-log value of a zero count
+        zeros = float((noisy >= zero_value * (1 - 1e-4)).double().mean())
+        scores = {(f, s): float(psnr(FBP(geometry, f, s, ray_transform=ramlak.ray_transform)(noisy), truth).mean())
+                  for f in grid["filters"] for s in grid["frequency_scalings"]}
+        (f, s), tuned = max(scores.items(), key=lambda item: item[1])
+        lines.append(f"| {photons:g} | {zeros:.2g} | {scores[('Ram-Lak', 1.0)]:.2f} | {tuned:.2f} ({f} {s:g}) | "
+                     f"{noiseless - tuned:.2f} |")
+    lines += ["", f"Noiseless Ram-Lak FBP, all {geometry.num_angles} angles: {noiseless:.2f} dB"]
+    for splits in (2, 4):
+        indices = angle_splits(geometry.num_angles, splits)[0]
+        sub = FBP(sub_geometry(geometry, indices), "Ram-Lak", 1.0)(clean[:, :, torch.as_tensor(indices)])
+        lines.append(f"Noiseless Ram-Lak FBP of one of K = {splits} subsets ({len(indices)} angles): "
+                     f"{float(psnr(sub, truth).mean()):.2f} dB")
+    return "\n".join(lines)
 
 
 def trainer(args, steps: int = 0):
@@ -97,7 +152,7 @@ def main() -> None:
     parser.add_argument("--test-samples", type=int, default=32)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 16, 32, 32, 64])
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--photons", type=float, default=None, help="photons per ray (default: the preset's 1,000)")
+    parser.add_argument("--photons", type=float, default=None, help="photons per ray (default: the preset's 100)")
     parser.add_argument("--image-size", type=int, default=None, help="override the preset's 64² (smoke checks)")
     parser.add_argument("--num-angles", type=int, default=None, help="override the preset's 360 angles")
     parser.add_argument("--ei-rotations", type=int, default=5)
@@ -109,6 +164,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="JSON output (default: bench/results/self_supervised.json; "
                                                      "none with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps: checks that it runs")
+    parser.add_argument("--scan-photons", type=float, nargs="+", default=None,
+                        help="only the validation dose scan at these photons per ray: FBP, zero counts, noiseless FBPs")
     add_device_argument(parser)
     add_threads_argument(parser)
     args = parser.parse_args()
@@ -116,6 +173,15 @@ def main() -> None:
         for key, value in SMOKE.items():
             setattr(args, key, value)
     threads = set_threads(args.threads)
+    if args.scan_photons:
+        table = dose_scan(args)
+        print(table)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"settings": vars(args), "threads": threads, "machine": machine_info(),
+                                                   "table": table}, indent=2, default=str))
+            print(f"wrote {args.json}")
+        return
 
     import torch
 

@@ -297,7 +297,7 @@ def test_learned_iterative_methods_fit_from_measurements_alone_and_validate_agai
 def test_the_low_dose_preset_sits_next_to_ellipses_small():
     preset = PRESETS["ellipses-small-lowdose"]
     assert (preset["image_size"], preset["num_angles"], preset["noise"]) == (64, 360, "poisson")
-    assert 1e3 <= preset["photons"] <= 1e4
+    assert 50 <= preset["photons"] <= 300  # noise-dominated FBP, yet no zero counts (docs/data.md)
     data = SimulatedCTDataModule(preset="ellipses-small-lowdose", image_size=16, num_angles=24, test_length=2)
     assert data.dataset("test").noise.photons == preset["photons"]
     sample = data.dataset("test")[0]
