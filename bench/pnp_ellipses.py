@@ -97,6 +97,8 @@ def test_command(method: str, geometry: str, args, checkpoints: Dict[str, str]) 
                 out.append(f"--model.init_args.{flag}=[{','.join(str(v) for v in values)}]")
         if args.iterations:
             out.append(f"--model.init_args.iterations={args.iterations}")
+        if args.cg_iterations:
+            out.append(f"--model.init_args.cg_iterations={args.cg_iterations}")
     out += size_flags(args, geometry)
     if args.val_length:
         out.append(f"--data.init_args.val_length={args.val_length}")
@@ -159,6 +161,8 @@ def main() -> None:
     parser.add_argument("--baselines", nargs="*", default=["fbp", "tv"], choices=["fbp", "tv"])
     parser.add_argument("--iterations", type=int, default=None, help="PnP iterations (default: the config's 20)")
     parser.add_argument("--iteration-counts", type=int, nargs="+", help="PnP iteration counts to tune over")
+    parser.add_argument("--cg-iterations", type=int, default=None,
+                        help="CG steps per least-squares step of HQS / ADMM (default: the config's 5)")
     parser.add_argument("--weights", type=float, nargs="+", help="λ grid (default: the config's)")
     parser.add_argument("--sigma-ends", type=float, nargs="+", help="final-σ grid (default: the config's)")
     parser.add_argument("--tune-samples", type=int, default=8)
