@@ -191,6 +191,10 @@ def main() -> None:
 
     runs = []
     checkpoints = {net: getattr(args, net) for net in NETWORKS if getattr(args, net)}
+    missing = [f"--{net} {path}" for net, path in checkpoints.items()
+               if not args.dry_run and not (ROOT / path).is_file()]  # before any training, not after it
+    if missing:
+        parser.error(f"no such checkpoint: {', '.join(missing)}")
     for network in args.train:
         run_record = run(train_command(network, args), env, args.dry_run)
         checkpoints[network] = str(Path(args.results_root) / f"denoiser_{network}" / "checkpoints" / "last.ckpt")
