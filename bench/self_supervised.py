@@ -3,7 +3,8 @@ X:1 or 1:X) next to FBP, TV and the same FBP + U-Net trained supervised (and, wi
 ``--methods ... equivariant``, equivariant imaging).
 
 Data: ``ellipses-small-lowdose`` (64², 360 angles, Poisson noise at 100 photons per ray;
-docs/data.md), the FBP delivered with each sample Ram-Lak (uncut). Every learned row trains the
+docs/data.md), or with ``--preset ellipses-small`` the sparse-view preset (30 angles, 2.5 % Gaussian
+noise; ``--num-angles 10`` for 10), the FBP delivered with each sample Ram-Lak (uncut). Every learned row trains the
 same U-Net for ``--steps`` steps (AdamW, cosine) on the same cached training samples and is tested
 with its last weights: no checkpoint is chosen by a ground truth. The self-supervised rows train on
 batches without ``ground_truth`` (``train_ground_truth: false``); the supervised row is the
@@ -14,6 +15,8 @@ fixed range 1 (``results.csv`` / ``results.md`` under ``--out``). Prints a markd
 
     OMP_NUM_THREADS=1 python bench/self_supervised.py                       # CUDA when present, else CPU
     OMP_NUM_THREADS=1 python bench/self_supervised.py --splits 2 4 --strategies X:1 1:X --steps 3000
+    # equivariant imaging in the sparse-view regime
+    OMP_NUM_THREADS=1 python bench/self_supervised.py --preset ellipses-small --methods fbp tv equivariant supervised
     # which dose is noise-dominated: FBP, zero counts and noiseless FBPs on validation images (a minute)
     OMP_NUM_THREADS=1 python bench/self_supervised.py --scan-photons 1000 300 100 50 30
     # smoke check (tiny sizes, a minute; its numbers mean nothing):
@@ -29,6 +32,7 @@ from typing import Dict, List
 
 from common import RESULTS, add_device_argument, add_threads_argument, machine_info, set_threads
 
+PRESETS = ("ellipses-small-lowdose", "ellipses-small")
 METHODS = ("fbp", "tv", "noise2inverse", "supervised", "equivariant")
 SMOKE = dict(image_size=16, num_angles=24, train_length=16, val_length=4, test_samples=4, steps=4, batch_size=4,
              channels=[4, 8], tv_iterations=20, tv_alphas=[1.0, 4.0], tune_samples=4, ei_rotations=1)
@@ -38,9 +42,10 @@ def data_module(args, train_ground_truth: bool):
     from lightning_recon.data import SimulatedCTDataModule
 
     sizes = {key: value for key, value in (("image_size", args.image_size), ("num_angles", args.num_angles),
-                                           ("val_length", args.val_length)) if value}
-    return SimulatedCTDataModule(preset="ellipses-small-lowdose", train_length=args.train_length,
-                                 test_length=args.test_samples, photons=args.photons, batch_size=args.batch_size,
+                                           ("val_length", args.val_length), ("photons", args.photons))
+             if value}
+    return SimulatedCTDataModule(preset=args.preset, train_length=args.train_length,
+                                 test_length=args.test_samples, batch_size=args.batch_size,
                                  num_workers=0, cache_samples=True, fbp_filter="Ram-Lak", fbp_frequency_scaling=1.0,
                                  train_ground_truth=train_ground_truth, **sizes)
 
@@ -142,6 +147,9 @@ def rows(args) -> List[Dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="ellipses-small-lowdose", choices=PRESETS,
+                        help="the low-dose preset (Noise2Inverse's regime) or ellipses-small (30 angles, 2.5 %% "
+                             "Gaussian noise: the sparse-view regime of equivariant imaging)")
     parser.add_argument("--methods", nargs="+", default=["fbp", "tv", "noise2inverse", "supervised"], choices=METHODS)
     parser.add_argument("--splits", type=int, nargs="+", default=[4], help="Noise2Inverse's K (one row each)")
     parser.add_argument("--strategies", nargs="+", default=["X:1"], choices=["X:1", "1:X"])
@@ -152,9 +160,10 @@ def main() -> None:
     parser.add_argument("--test-samples", type=int, default=32)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 16, 32, 32, 64])
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--photons", type=float, default=None, help="photons per ray (default: the preset's 100)")
+    parser.add_argument("--photons", type=float, default=None,
+                        help="photons per ray (default: the low-dose preset's 100; not with ellipses-small)")
     parser.add_argument("--image-size", type=int, default=None, help="override the preset's 64² (smoke checks)")
-    parser.add_argument("--num-angles", type=int, default=None, help="override the preset's 360 angles")
+    parser.add_argument("--num-angles", type=int, default=None, help="override the preset's angles (360 or 30)")
     parser.add_argument("--ei-rotations", type=int, default=5)
     parser.add_argument("--ei-weight", type=float, default=100.0)
     parser.add_argument("--tv-iterations", type=int, default=500)
@@ -169,6 +178,10 @@ def main() -> None:
     add_device_argument(parser)
     add_threads_argument(parser)
     args = parser.parse_args()
+    if args.photons and args.preset != "ellipses-small-lowdose":
+        parser.error(f"--photons sets the Poisson dose of ellipses-small-lowdose; {args.preset} has Gaussian noise")
+    if args.scan_photons and args.preset != "ellipses-small-lowdose":
+        parser.error("--scan-photons scans the dose of ellipses-small-lowdose only")
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
