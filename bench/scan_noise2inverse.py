@@ -7,7 +7,7 @@ is written once; its stored ground truth scores every row and is read by nothing
 
 - FBP: Hann and Ram-Lak (uncut) on all angles.
 - Noise2Inverse: ``ScanSlicesDataModule`` (every detector row one sample, no ground truth in
-  training) and FBP + U-Net with ``loss: noise2inverse`` (K = ``--splits`` interleaved angle
+  training; values scaled by ``--intensity-scale``, default ``auto``) and FBP + U-Net with ``loss: noise2inverse`` (K = ``--splits`` interleaved angle
   subsets, X:1, Ram-Lak sub-reconstructions) for ``--steps`` steps, then every row reconstructed
   (the mean over the K sets). Training and inference times are reported apart.
 - DIP: ``finetune.py <scan> --slices all`` with DIP + TV, warm-started (the first row
@@ -73,7 +73,8 @@ def noise2inverse_row(data, truth, args):
     with torch.no_grad():
         images = torch.cat([model.reconstruct({"measurement": chunk}) for chunk in data.measurements.split(16)])
     reconstruction = time.perf_counter() - start
-    return dict(method=f"Noise2Inverse (FBP + U-Net, K = {args.splits}, X:1, {args.steps} steps)",
+    return dict(method=f"Noise2Inverse (FBP + U-Net, K = {args.splits}, X:1, {args.steps} steps, "
+                       f"values × {data.intensity_scale:.3g})",
                 psnr=float(psnr(images, truth).mean()), training_seconds=training,
                 reconstruction_seconds=reconstruction)
 
@@ -111,6 +112,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--channels-dip", type=int, default=16)
     parser.add_argument("--scales", type=int, default=4)
     parser.add_argument("--tv-weight", type=float, default=0.015)
+    parser.add_argument("--intensity-scale", default="auto",
+                        help="ScanSlicesDataModule's intensity_scale of the Noise2Inverse rows: auto or a number "
+                             "(1: attenuation per pixel as measured)")
     parser.add_argument("--methods", nargs="+", default=["fbp", "noise2inverse", "dip"],
                         choices=["fbp", "noise2inverse", "dip"])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps: checks that it runs")
@@ -139,7 +143,10 @@ def main(argv=None) -> dict:
         volume = write_synthetic_scan(scan, args.slices, args.size, args.angles, args.seed, photons=args.photons)
         np.save(truth_file, volume)
         truth = torch.from_numpy(volume)[:, None]
-        data = ScanSlicesDataModule(str(scan), center_offset=0.0, fbp_filter="Ram-Lak", batch_size=args.batch_size)
+        scale = args.intensity_scale if args.intensity_scale == "auto" else float(args.intensity_scale)
+        data = ScanSlicesDataModule(str(scan), center_offset=0.0, fbp_filter="Ram-Lak", batch_size=args.batch_size,
+                                    intensity_scale=scale)
+        truth = truth * data.intensity_scale  # PSNR with each row's own range does not change with the scale
         rows = []
         if "fbp" in args.methods:
             rows += fbp_rows(data, truth)

@@ -33,27 +33,40 @@ def test_every_row_is_a_sample_read_as_finetune_reads_it_with_one_rotation_axis(
     row = load_data_exchange(path, 4, center_offset=data.center_offset)
     train = data.dataset("train")
     assert len(train) == 6 and "ground_truth" not in train[4]
-    np.testing.assert_array_equal(train[4]["measurement"][0].numpy(), row.data)
-    torch.testing.assert_close(train[4]["fbp"], FBP(row.geometry, "Hann")(torch.from_numpy(row.data)[None, None])[0])
+    scale = data.intensity_scale
+    np.testing.assert_allclose(train[4]["measurement"][0].numpy(), row.data * scale, rtol=1e-6)
+    torch.testing.assert_close(train[4]["fbp"], FBP(row.geometry, "Hann")(torch.from_numpy(row.data * scale)[None, None])[0])
     assert data.forward_model_dict == row.geometry.to_dict()
     batch = next(iter(data.train_dataloader()))
     assert set(batch) == {"measurement", "fbp", "index"} and batch["measurement"].shape == (4, 1, 24, 16)
 
     val = data.dataset("val")
     assert [sample["index"] for sample in val] == [0, 2, 5]  # spread evenly over the rows
-    np.testing.assert_array_equal(val[2]["ground_truth"][0].numpy(), truth[5])
+    np.testing.assert_allclose(val[2]["ground_truth"][0].numpy(), truth[5] * scale, rtol=1e-6)
     assert [sample["index"] for sample in data.dataset("test")] == list(range(6))
     assert data.sample_name(5) == "slice_0005"
 
 
 def test_chosen_rows_and_a_given_axis(scan):
     path, truth = scan
-    data = ScanSlicesDataModule(str(path), slices=[4, 1], val_slices=1, center_offset=0.5)
-    assert data.rows == [1, 4] and data.center_offset == 0.5
+    data = ScanSlicesDataModule(str(path), slices=[4, 1], val_slices=1, center_offset=0.5, intensity_scale=1)
+    assert data.rows == [1, 4] and data.center_offset == 0.5 and data.intensity_scale == 1.0
     assert data.geometry.detector_offset == -0.5
     test = data.dataset("test")
     assert [s["index"] for s in test] == [1, 4]
     np.testing.assert_array_equal(test[1]["ground_truth"][0].numpy(), truth[4])
+
+
+def test_auto_intensity_scale_brings_the_rows_to_order_one_and_scales_the_truth_alike(scan):
+    path, truth = scan
+    data = ScanSlicesDataModule(str(path))
+    assert data.intensity_scale > 2  # attenuation per pixel, as a scan measures it, is well below 1
+    hann = FBP(data.geometry, "Hann", 1.0)(data.measurements)
+    assert float(hann.quantile(0.99)) == pytest.approx(1.0, rel=1e-4)
+    assert data.intensity_scale == pytest.approx(1 / float(FBP(data.geometry, "Hann", 1.0)(
+        data.measurements / data.intensity_scale).quantile(0.99)), rel=1e-4)
+    np.testing.assert_allclose(data.ground_truth[:, 0].numpy(), truth * data.intensity_scale, rtol=1e-6)
+    assert ScanSlicesDataModule(str(path), data_range=0.05, intensity_scale=2.0).data_range == pytest.approx(0.1)
 
 
 def test_bad_scans_and_settings_are_one_line_errors(scan, tmp_path):
@@ -71,6 +84,7 @@ def test_bad_scans_and_settings_are_one_line_errors(scan, tmp_path):
         (DataFileError, dict(path=str(path), slices=[2, 9]), r"rows \[9\] outside the scan's 6 detector rows"),
         (ValueError, dict(path=str(path), slices="some"), "slices must be 'all' or a list of row indices"),
         (ValueError, dict(path=str(path), val_slices=7), "val_slices must be between 1 and the 6 chosen rows"),
+        (ValueError, dict(path=str(path), intensity_scale=0), "intensity_scale must be 'auto' or a positive number"),
     ]
     for kind, settings, message in cases:
         with pytest.raises(kind, match=message) as error:
@@ -102,10 +116,12 @@ def test_train_py_fits_noise2inverse_on_a_scan_then_tests_and_writes_every_row(s
     cli_main(["predict", *common, f"--ckpt_path={checkpoint}", f"--writer.output_dir={tmp_path / 'recons'}"])
     written = sorted(p.name for p in (tmp_path / "recons").glob("*.npy"))
     assert written == [f"slice_{k:04d}.npy" for k in range(6)]
-    estimated = ScanSlicesDataModule(str(path)).center_offset  # the middle row's axis, used for every row
+    data = ScanSlicesDataModule(str(path))  # the middle row's axis for every row; values × intensity_scale
+    row = torch.from_numpy(load_data_exchange(path, 2, center_offset=data.center_offset).data)[None, None]
     with torch.no_grad():
-        expected = model(torch.from_numpy(load_data_exchange(path, 2, center_offset=estimated).data)[None, None])
-    np.testing.assert_allclose(np.load(tmp_path / "recons" / "slice_0002.npy"), expected[0, 0].numpy(), atol=1e-5)
+        expected = model(row * data.intensity_scale) / data.intensity_scale  # written in attenuation per pixel
+    np.testing.assert_allclose(np.load(tmp_path / "recons" / "slice_0002.npy"), expected[0, 0].numpy(),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_train_py_refuses_a_supervised_loss_on_a_scan_in_one_line(scan, tmp_path, capsys):

@@ -8,8 +8,11 @@ reference (``loss: noise2inverse`` or ``equivariant``), then reconstruct every s
 Each detector row of a Data Exchange scan (``exchange/data``, ``data_white``, ``data_dark``,
 ``theta``) is one sample, read as ``finetune.py`` reads it (flat/dark correction, clipping,
 ``−log``, angle choice, binning), with one rotation-axis offset for the whole scan (``"auto"``:
-estimated on the middle row). The image grid has one pixel per (binned) detector pixel, values in
-attenuation per pixel. Splits: ``train`` every chosen row, never with a ground truth;
+estimated on the middle row). The image grid has one pixel per (binned) detector pixel. Values are
+attenuation per pixel times ``intensity_scale`` (``"auto"``: the factor that brings the 99th
+percentile of the rows' Hann FBPs to 1: networks initialised for images of order 1 learn badly on a
+scan's 0.01–0.05, docs/results.md); ``train.py predict`` writes reconstructions divided by it
+again, in attenuation per pixel. Splits: ``train`` every chosen row, never with a ground truth;
 ``val`` ``val_slices`` rows spread evenly; ``test`` and ``predict`` every chosen row in order.
 Where the file holds ``exchange/ground_truth`` (the synthetic scans of ``data.synthetic_scan``),
 validation and test samples carry it, for metrics only.
@@ -94,9 +97,12 @@ class ScanSlicesDataModule(SplitDataModule):
             (``data.real.load_data_exchange``).
         center_offset: rotation-axis offset in (binned) detector pixels, one for every row;
             ``"auto"`` estimates it on the middle chosen row; ``None``: the detector centre.
+        intensity_scale: factor applied to every sinogram (and ground truth): ``"auto"`` (module
+            docstring) or a positive number (1: attenuation per pixel as measured).
         fbp_filter, fbp_frequency_scaling: the FBP delivered with each sample.
         data_range: PSNR/SSIM range of the metrics where a ground truth exists: ``"per-image"``
-            (default: attenuation units differ from scan to scan) or a number.
+            (default: attenuation units differ from scan to scan) or a number in attenuation per
+            pixel (scaled with the data).
         batch_size, num_workers: loader settings.
     """
 
@@ -104,13 +110,14 @@ class ScanSlicesDataModule(SplitDataModule):
 
     def __init__(self, path: str, slices: Union[str, List[int]] = "all", val_slices: int = 4, angle_step: int = 1,
                  num_angles: Optional[int] = None, binning: int = 1, center_offset: Union[float, str, None] = "auto",
-                 min_transmission: float = 1e-4, fbp_filter: str = DEFAULT_FBP_FILTER,
+                 min_transmission: float = 1e-4, intensity_scale: Union[float, str] = "auto",
+                 fbp_filter: str = DEFAULT_FBP_FILTER,
                  fbp_frequency_scaling: float = DEFAULT_FBP_FREQUENCY_SCALING,
                  data_range: Union[float, str, None] = "per-image", batch_size: int = 8, num_workers: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
-        self.data_range = parse_data_range(data_range, allow_dataset=False)
+        data_range = parse_data_range(data_range, allow_dataset=False)
         path = Path(path)
         self.rows = _chosen_rows(slices, scan_rows(path), path)
         if isinstance(val_slices, bool) or not isinstance(val_slices, int) or not 1 <= val_slices <= len(self.rows):
@@ -125,17 +132,36 @@ class ScanSlicesDataModule(SplitDataModule):
             raise DataFileError(f"{path}: {str(error).splitlines()[0]}") from None
         self.center_offset = float(center_offset or 0.0)
         self.geometry = sinograms[0].geometry
-        self.measurements = torch.from_numpy(np.stack([s.data for s in sinograms]))[:, None]
+        measurements = torch.from_numpy(np.stack([s.data for s in sinograms]))[:, None]
+        self.intensity_scale = self._intensity_scale(intensity_scale, measurements)
+        self.measurements = measurements * self.intensity_scale
         with torch.no_grad():
             fbp = FBP(self.geometry, fbp_filter, fbp_frequency_scaling)
             self.fbps = torch.cat([fbp(chunk) for chunk in self.measurements.split(64)])
+        self.data_range = None if data_range is None else data_range * self.intensity_scale
         self.ground_truth = self._read_ground_truth(path)
+        if self.ground_truth is not None:
+            self.ground_truth = self.ground_truth * self.intensity_scale
         spread = np.linspace(0, len(self.rows) - 1, val_slices).round().astype(int)
         self.val_positions = sorted(set(int(p) for p in spread))
         rank_zero_info(f"scan {path.name}: {len(self.rows)} rows of {self.geometry.sinogram_shape[0]} angles × "
                        f"{self.geometry.sinogram_shape[1]} detector pixels, rotation axis {self.center_offset:+.2f} "
-                       f"pixels; " + ("ground truth for validation and test metrics only"
+                       f"pixels, values × {self.intensity_scale:.4g}; " + ("ground truth for validation and test metrics only"
                                       if self.ground_truth is not None else "no ground truth (metrics: none)"))
+
+    def _intensity_scale(self, setting: Union[float, str], measurements: torch.Tensor) -> float:
+        if setting == "auto":
+            some = measurements[np.unique(np.linspace(0, len(measurements) - 1, 64).round().astype(int))]
+            with torch.no_grad():
+                values = FBP(self.geometry, "Hann", 1.0)(some).flatten()
+            level = float(values[::values.numel() // 2 ** 24 + 1].quantile(0.99))  # quantile takes ≤ 2²⁴ values
+            if not level > 0:
+                raise DataFileError(f"{self.hparams.path}: the rows' FBPs have no positive values to scale by; set "
+                                    f"intensity_scale to a number")
+            return 1.0 / level
+        if isinstance(setting, bool) or not isinstance(setting, (int, float)) or not 0 < setting < float("inf"):
+            raise ValueError(f"intensity_scale must be 'auto' or a positive number, got {setting!r}")
+        return float(setting)
 
     def _read_ground_truth(self, path: Path) -> Optional[torch.Tensor]:
         import h5py

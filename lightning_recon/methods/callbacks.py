@@ -274,7 +274,8 @@ class ReconstructionWriter(BasePredictionWriter):
     reconstruction's maximum). Posterior samplers (predictions ``{"mean", "std", "samples"}``) write
     the mean as ``<name>``, ``<name>_std`` and ``<name>_samples.npy`` ``(N, H, W)``, and a preview
     FBP | mean | std. ``<name>`` is the data module's ``sample_name(index)`` (the input file's stem)
-    or ``sample_<index>``.
+    or ``sample_<index>``. Values are in the data's own units: divided by the data module's
+    ``intensity_scale`` where it has one (``ScanSlicesDataModule``).
 
     Args:
         output_dir: where the files go (``None``: ``<default_root_dir>/predictions``).
@@ -301,8 +302,10 @@ class ReconstructionWriter(BasePredictionWriter):
         folder = self.folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         posterior = isinstance(prediction, dict)
-        mean = (prediction["mean"] if posterior else prediction).detach().float().cpu()
-        fbp = batch["fbp"].detach().float().cpu() if "fbp" in batch else None
+        # a data module that scales its data (ScanSlicesDataModule) gets its reconstructions back in its own units
+        scale = float(getattr(trainer.datamodule, "intensity_scale", 1.0)) if trainer.datamodule is not None else 1.0
+        mean = (prediction["mean"] if posterior else prediction).detach().float().cpu() / scale
+        fbp = batch["fbp"].detach().float().cpu() / scale if "fbp" in batch else None
         for position, index in enumerate(batch["index"].tolist()):
             name = self._name(trainer, int(index))
             image = mean[position, 0].numpy()
@@ -312,9 +315,9 @@ class ReconstructionWriter(BasePredictionWriter):
             tiles = [] if fbp is None else [fbp[position, 0]]
             tiles.append(mean[position, 0])
             if posterior:
-                std = prediction["std"][position, 0].detach().float().cpu()
+                std = prediction["std"][position, 0].detach().float().cpu() / scale
                 np.save(folder / f"{name}_std.npy", std.numpy())
-                samples = prediction["samples"][:, position, 0].detach().float().cpu()
+                samples = prediction["samples"][:, position, 0].detach().float().cpu() / scale
                 np.save(folder / f"{name}_samples.npy", samples.numpy())
                 tiles.append(std * (high / max(float(std.max()), 1e-12)))  # the std stretched to the window
             row = torch.cat([_window(tile, 0.0, high).T.flip(0) for tile in tiles], dim=1)
