@@ -43,6 +43,11 @@ def file_data_flags(path: str, folder: Path):
         return [f"--data.init_args.path={made}", *LODOPAB_SMALL_FLAGS]
     if path in ("data/images.yaml", "experiment/images_learned_gd_cpu.yaml"):
         return [f"--data.init_args.path={make_image_folder(folder, 6, size=24)}"]
+    if path in ("data/scan.yaml", "experiment/scan_noise2inverse_cpu.yaml"):
+        from lightning_recon.data.synthetic_scan import write_synthetic_scan
+
+        write_synthetic_scan(folder / "scan.h5", slices=4, size=16, angles=24)
+        return [f"--data.init_args.path={folder / 'scan.h5'}"]
     if path == "data/pairs.yaml":
         made = make_pairs(folder, 6, ParallelBeam2D((24, 24), num_angles=10))
         return [f"--data.init_args.path={made}", "--data.init_args.geometry.image_shape=[24, 24]",
