@@ -8,7 +8,8 @@ is written once; its stored ground truth scores every row and is read by nothing
 - FBP: Hann and Ram-Lak (uncut) on all angles.
 - Noise2Inverse: ``ScanSlicesDataModule`` (every detector row one sample, no ground truth in
   training; values scaled by ``--intensity-scale``, default ``auto``) and FBP + U-Net with ``loss: noise2inverse`` (K = ``--splits`` interleaved angle
-  subsets, X:1, Ram-Lak sub-reconstructions) for ``--steps`` steps, then every row reconstructed
+  subsets, X:1, Ram-Lak sub-reconstructions; ``--augment``: random flips and quarter turns of each
+  training pair) for ``--steps`` steps, then every row reconstructed
   (the mean over the K sets). Training and inference times are reported apart.
 - DIP: ``finetune.py <scan> --slices all`` with DIP + TV, warm-started (the first row
   ``--iterations``, then ``--warm-iterations`` each), the settings of ``bench/finetune_slices.py``.
@@ -60,7 +61,8 @@ def noise2inverse_row(data, truth, args):
 
     torch.manual_seed(args.seed)
     model = FBPUNet(forward_model=data.forward_model_dict, loss="noise2inverse", n2i_splits=args.splits,
-                    n2i_strategy="X:1", fbp_filter="Ram-Lak", fbp_frequency_scaling=1.0, channels=args.unet_channels,
+                    n2i_strategy="X:1", n2i_augment=args.augment, fbp_filter="Ram-Lak", fbp_frequency_scaling=1.0,
+                    channels=args.unet_channels,
                     lr=args.lr, scheduler="cosine", method_name="Noise2Inverse")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=args.steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -74,7 +76,7 @@ def noise2inverse_row(data, truth, args):
         images = torch.cat([model.reconstruct({"measurement": chunk}) for chunk in data.measurements.split(16)])
     reconstruction = time.perf_counter() - start
     return dict(method=f"Noise2Inverse (FBP + U-Net, K = {args.splits}, X:1, {args.steps} steps, "
-                       f"values × {data.intensity_scale:.3g})",
+                       f"values × {data.intensity_scale:.3g}{', flips and turns' if args.augment else ''})",
                 psnr=float(psnr(images, truth).mean()), training_seconds=training,
                 reconstruction_seconds=reconstruction)
 
@@ -115,6 +117,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--intensity-scale", default="auto",
                         help="ScanSlicesDataModule's intensity_scale of the Noise2Inverse rows: auto or a number "
                              "(1: attenuation per pixel as measured)")
+    parser.add_argument("--augment", action="store_true",
+                        help="Noise2Inverse pairs randomly flipped and turned in training (n2i_augment)")
     parser.add_argument("--methods", nargs="+", default=["fbp", "noise2inverse", "dip"],
                         choices=["fbp", "noise2inverse", "dip"])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps: checks that it runs")

@@ -160,6 +160,40 @@ def test_noise2inverse_with_the_identity_network_is_the_split_mse_and_infers_the
         assert torch.allclose(net.reconstruct(batch), full, atol=1e-5 * float(full.abs().max()))
 
 
+class Spy(nn.Module):
+    """The identity that keeps what it was given."""
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return x
+
+
+def test_noise2inverse_augmentation_turns_inputs_and_targets_alike_in_training_only():
+    y, _ = sinograms()
+    batch = {"measurement": y, "fbp": FBP(GEOMETRY)(y)}
+    plain = model(loss="noise2inverse", n2i_splits=4)
+    plain.net = Spy()
+    expected = plain.training_loss(batch).item()
+    inputs = plain.net.seen
+    symmetries = [torch.rot90(inputs, k, dims=(-2, -1)).flip(-1) if flip else torch.rot90(inputs, k, dims=(-2, -1))
+                  for k in range(4) for flip in (False, True)]
+    augmented = model(loss="noise2inverse", n2i_splits=4, n2i_augment=True)
+    augmented.net = Spy()
+    torch.manual_seed(0)
+    turned = 0
+    for _ in range(8):
+        # the same symmetry on inputs and targets: the identity's loss is unchanged
+        assert augmented.training_loss(batch).item() == pytest.approx(expected, rel=1e-5)
+        matches = [i for i, symmetry in enumerate(symmetries) if torch.equal(augmented.net.seen, symmetry)]
+        assert len(matches) >= 1
+        turned += matches[0] != 0
+    assert turned >= 1  # some steps saw a turned or flipped batch
+    torch.testing.assert_close(augmented.reconstruct(batch), plain.reconstruct(batch))  # inference: never turned
+    assert torch.equal(augmented.net.seen, inputs)
+    with pytest.raises(ValueError, match="^n2i_augment flips sub-reconstructions; LearnedGD reads the measured"):
+        model(LearnedGD, loss="noise2inverse", n2i_splits=4, n2i_augment=True)
+
+
 class PseudoInverse(LearnedReconstructionModule):
     """f(y) = A⁺ y exactly (a dense pseudo-inverse of an injective A): both equivariant terms vanish."""
 

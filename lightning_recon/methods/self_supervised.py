@@ -9,7 +9,10 @@
   filter). For each of K index sets J the network maps the mean of the sub-reconstructions in J to
   the mean of the others: ``n2i_strategy: "X:1"`` (J holds K − 1 subsets, the target is the one
   left out; the paper's best) or ``"1:X"`` (J is one subset, the target the mean of the other K − 1).
-  The loss is the mean over the K sets of the MSE. Inference, on the full measurement, averages the
+  The loss is the mean over the K sets of the MSE; with ``n2i_augment`` each training batch's
+  inputs and targets get the same random flip and quarter turn (one of the 8 symmetries of the
+  square, drawn per step; for the networks on sub-reconstructions), which keeps each pair's noise
+  independent and multiplies the data of a small scan. Inference, on the full measurement, averages the
   network's K outputs ``f(x_J)`` (the paper's ``x̂ = 1/|𝒥| Σ_J f(x_J)``): ``reconstruct`` does so
   for validation, test, ``predict`` and ``forward`` alike.
 
@@ -90,6 +93,8 @@ class LearnedReconstructionModule(ReconstructionModule):
         loss: ``"supervised"``, ``"noise2inverse"`` or ``"equivariant"``.
         n2i_splits: K, the number of angle subsets (2 and 4 in the paper); at most the number of angles.
         n2i_strategy: ``"X:1"`` or ``"1:X"``.
+        n2i_augment: train on randomly flipped and quarter-turned pairs (module docstring; the
+            networks on sub-reconstructions only, e.g. FBP + U-Net).
         ei_weight: α, the weight of the equivariance term (100 in the paper's CT runs).
         ei_rotations: rotations per batch (5 in the paper's CT runs).
         ei_max_shift: with a positive value, each rotated image is also shifted circularly by up to
@@ -97,11 +102,12 @@ class LearnedReconstructionModule(ReconstructionModule):
         **kwargs: forward_model and optimisation settings of :class:`ReconstructionModule`.
     """
 
-    training_only_settings = ("ei_weight", "ei_rotations", "ei_max_shift")
+    training_only_settings = ("ei_weight", "ei_rotations", "ei_max_shift", "n2i_augment")
     noise2inverse_input = "fbp"
 
     def __init__(self, loss: str = "supervised", n2i_splits: int = 4, n2i_strategy: str = "X:1",
-                 ei_weight: float = 100.0, ei_rotations: int = 5, ei_max_shift: int = 0, **kwargs):
+                 n2i_augment: bool = False, ei_weight: float = 100.0, ei_rotations: int = 5, ei_max_shift: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -114,6 +120,11 @@ class LearnedReconstructionModule(ReconstructionModule):
         if ei_rotations > 359:
             raise ValueError(f"ei_rotations draws distinct whole degrees in [1, 359]: at most 359, got {ei_rotations}")
         _integer("ei_max_shift", ei_max_shift, 0)
+        if not isinstance(n2i_augment, bool):
+            raise ValueError(f"n2i_augment must be true or false, got {n2i_augment!r}")
+        if n2i_augment and self.noise2inverse_input != "fbp":
+            raise ValueError(f"n2i_augment flips sub-reconstructions; {type(self).__name__} reads the measured "
+                             f"angles, which a flip of the image does not permute alike")
         if loss == "equivariant" and not self.is_image_problem:
             raise ValueError(f"loss 'equivariant' rotates images (1, H, W); {type(self.forward_model).__name__} "
                              f"reconstructs {self.operator.domain_shape}")
@@ -150,9 +161,14 @@ class LearnedReconstructionModule(ReconstructionModule):
             return torch.cat([fbp(measurement.index_select(2, torch.as_tensor(indices, device=measurement.device)))
                               for fbp, indices in zip(self.split_fbps, self.split_indices)], dim=1)
 
-    def noise2inverse_terms(self, measurement: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """The network's outputs ``f(x_J)`` and the targets ``x_{Jᶜ}``, one ``(B, 1, H, W)`` each per set J."""
+    def noise2inverse_terms(self, measurement: torch.Tensor, augment: bool = False
+                            ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """The network's outputs ``f(x_J)`` and the targets ``x_{Jᶜ}``, one ``(B, 1, H, W)`` each per set J;
+        with ``augment``, inputs and targets flipped and turned alike (one random symmetry of the square)."""
         splits = self.split_reconstructions(measurement)
+        if augment:
+            splits = torch.rot90(splits, int(torch.randint(4, ())), dims=(-2, -1))
+            splits = splits.flip(-1) if bool(torch.randint(2, ())) else splits
         inputs = [splits[:, subsets].mean(1, keepdim=True) for subsets, _ in self.noise2inverse_pairs]
         targets = [splits[:, subsets].mean(1, keepdim=True) for _, subsets in self.noise2inverse_pairs]
         if self.noise2inverse_input == "fbp":  # one pass over the K inputs
@@ -205,7 +221,8 @@ class LearnedReconstructionModule(ReconstructionModule):
         rotations drawn from ``generator``; with ``stage``, the equivariant loss's two terms are logged
         as ``<stage>/consistency_loss`` and ``<stage>/equivariance_loss``. Reads no ground truth."""
         if self.hparams.loss == "noise2inverse":
-            outputs, targets = self.noise2inverse_terms(batch["measurement"])
+            augment = bool(self.hparams.get("n2i_augment")) and stage == "train"
+            outputs, targets = self.noise2inverse_terms(batch["measurement"], augment)
             return torch.stack([nn.functional.mse_loss(o.float(), t) for o, t in zip(outputs, targets)]).mean()
         if self.hparams.loss != "equivariant":
             raise ValueError(f"self_supervised_loss is for loss 'noise2inverse' or 'equivariant', "
