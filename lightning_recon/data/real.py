@@ -17,7 +17,7 @@ import numpy as np
 
 from ..physics.geometry import ParallelBeam2D
 
-__all__ = ["Sinogram", "load_data_exchange", "load_sinogram", "estimate_center_offset"]
+__all__ = ["Sinogram", "load_data_exchange", "load_sinogram", "estimate_center_offset", "scan_rows"]
 
 REQUIRED_KEYS = ("exchange/data", "exchange/data_white", "exchange/data_dark", "exchange/theta")
 
@@ -147,6 +147,23 @@ def load_data_exchange(
         keep = evenly_spaced_half_turn(angles, num_angles)
         sinogram, angles = sinogram[keep], angles[keep]
     return Sinogram(sinogram.astype(np.float32), angles, _geometry_for(sinogram.shape[1], angles, offset))
+
+
+def scan_rows(path: Union[str, Path]) -> int:
+    """Detector rows of a Data Exchange scan (a ``ValueError`` naming what is wrong with the file, from
+    ``load_data_exchange``, if it is not one)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            data = f.get("exchange/data")
+            rows = data.shape[1] if isinstance(data, h5py.Dataset) and data.ndim == 3 else None
+    except OSError:
+        rows = None
+    if rows is None:
+        load_data_exchange(path, 0)  # raises, naming the problem
+        raise ValueError(f"{path} is not a Data Exchange scan")
+    return int(rows)
 
 
 # Transmission below which a projection pixel saw no beam (dark level, or dark plus read-out noise)

@@ -30,28 +30,10 @@ from torch.utils.data import Dataset
 from ..physics.fbp import DEFAULT_FBP_FILTER, DEFAULT_FBP_FREQUENCY_SCALING, FBP
 from .datamodule import SplitDataModule, check_loader_settings, parse_data_range
 from .files import DataFileError
-from .real import load_data_exchange
+from .real import load_data_exchange, scan_rows
 from .synthetic_scan import GROUND_TRUTH_KEY
 
-__all__ = ["ScanSlicesDataModule", "ScanSlicesDataset", "scan_rows"]
-
-
-def scan_rows(path: Union[str, Path]) -> int:
-    """The detector rows of a Data Exchange scan (``DataFileError`` in one line if it is not one)."""
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"{path}: no such file")
-    try:
-        with h5py.File(path, "r") as f:
-            data = f.get("exchange/data")
-            if not isinstance(data, h5py.Dataset) or data.ndim != 3:
-                raise DataFileError(f"{path}: not a Data Exchange scan (no 3D exchange/data: projections, rows, "
-                                    f"columns)")
-            return int(data.shape[1])
-    except OSError:
-        raise DataFileError(f"{path}: unreadable HDF5 file; it may be truncated") from None
+__all__ = ["ScanSlicesDataModule", "ScanSlicesDataset"]
 
 
 def _chosen_rows(slices: Union[str, Sequence[int]], rows: int, path: Path) -> List[int]:
@@ -119,7 +101,13 @@ class ScanSlicesDataModule(SplitDataModule):
         self.batch_size, self.num_workers = check_loader_settings(batch_size, num_workers)
         data_range = parse_data_range(data_range, allow_dataset=False)
         path = Path(path)
-        self.rows = _chosen_rows(slices, scan_rows(path), path)
+        if not path.is_file():
+            raise DataFileError(f"{path}: no such file")
+        try:
+            rows = scan_rows(path)
+        except ValueError as error:  # its message names the file
+            raise DataFileError(str(error).splitlines()[0]) from None
+        self.rows = _chosen_rows(slices, rows, path)
         if isinstance(val_slices, bool) or not isinstance(val_slices, int) or not 1 <= val_slices <= len(self.rows):
             raise ValueError(f"val_slices must be between 1 and the {len(self.rows)} chosen rows, got {val_slices!r}")
         read = dict(angle_step=angle_step, binning=binning, min_transmission=min_transmission, num_angles=num_angles)

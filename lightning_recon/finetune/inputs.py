@@ -7,12 +7,11 @@ import contextlib
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
-import h5py
 import numpy as np
 import torch
 import yaml
 
-from ..data.real import Sinogram, load_data_exchange, load_sinogram
+from ..data.real import Sinogram, load_data_exchange, load_sinogram, scan_rows
 from ..messages import exit_with_error
 from ..methods.single_measurement import UNCUT_FBP_FILTER, UNCUT_FBP_FREQUENCY_SCALING
 from ..physics.fbp import FBP
@@ -119,17 +118,3 @@ def read_slice(opts, row: int, offset, references: Optional[Callable[[int], np.n
         full = load_data_exchange(opts.input, row, 1, opts.binning, offset)
         return scan, uncut_fbp(measurement_geometry(full, opts), full.data)
     return scan, None if references is None else as_reference(references(row))
-
-
-def scan_rows(path: str) -> int:
-    """Detector rows of a Data Exchange scan (what is wrong with the file, named by ``load_data_exchange``)."""
-    try:
-        with h5py.File(path, "r") as f:
-            data = f.get("exchange/data")
-            rows = data.shape[1] if isinstance(data, h5py.Dataset) and data.ndim == 3 else None
-    except OSError:
-        rows = None
-    if rows is None:
-        load_data_exchange(path, 0)  # raises, naming the problem
-        raise ValueError(f"{path} is not a Data Exchange scan")
-    return int(rows)
