@@ -133,7 +133,6 @@ def main(argv=None) -> dict:
     threads = set_threads(args.threads)
 
     import numpy as np
-    import torch
 
     from lightning_recon.data import ScanSlicesDataModule
     from lightning_recon.data.synthetic_scan import write_synthetic_scan
@@ -144,13 +143,12 @@ def main(argv=None) -> dict:
             parser.error(f"{work} already holds a DIP run (it would be resumed, not timed): pick another --work")
         work.mkdir(parents=True, exist_ok=True)
         scan, truth_file = work / "scan.h5", work / "truth.npy"
-        volume = write_synthetic_scan(scan, args.slices, args.size, args.angles, args.seed, photons=args.photons)
-        np.save(truth_file, volume)
-        truth = torch.from_numpy(volume)[:, None]
+        np.save(truth_file, write_synthetic_scan(scan, args.slices, args.size, args.angles, args.seed,
+                                                 photons=args.photons))
         scale = args.intensity_scale if args.intensity_scale == "auto" else float(args.intensity_scale)
         data = ScanSlicesDataModule(str(scan), center_offset=0.0, fbp_filter="Ram-Lak", batch_size=args.batch_size,
                                     intensity_scale=scale)
-        truth = truth * data.intensity_scale  # PSNR with each row's own range does not change with the scale
+        truth = data.ground_truth  # scaled with the data: PSNR with each row's own range does not change
         rows = []
         if "fbp" in args.methods:
             rows += fbp_rows(data, truth)

@@ -1,6 +1,6 @@
 """Datasets and DataModules (imports physics only): simulated ellipses, LoDoPaB-CT, your own images
-and measured pairs, measurements alone (predict), the slices of one raw scan, light field and sparse coding. The batch contract
-is in docs/data.md."""
+and measured pairs, measurements alone (predict), the slices of one raw scan, light field and sparse
+coding. The batch contract is in docs/data.md."""
 from .datamodule import PRESETS, SimulatedCTDataModule, SplitDataModule, WithoutGroundTruth
 from .files import DataFileError
 from .images import ImageDataModule, ImageFileDataset
@@ -14,5 +14,6 @@ from .sparse import LightFieldDataModule, NeuronVolumeDataset, SparseCodingDataM
 __all__ = ["PRESETS", "DataFileError", "EllipsesDataset", "ImageDataModule", "ImageFileDataset", "LightFieldDataModule",
            "LoDoPaBDataModule", "LoDoPaBDataset", "MeasuredPairsDataModule",
            "MeasurementFilesDataset", "MeasurementsDataModule", "MeasuredPairsDataset",
-           "NeuronVolumeDataset", "ScanSlicesDataModule", "ScanSlicesDataset", "SimulatedCTDataModule", "SparseCodingDataModule", "SparseCodingDataset",
+           "NeuronVolumeDataset", "ScanSlicesDataModule", "ScanSlicesDataset", "SimulatedCTDataModule",
+           "SparseCodingDataModule", "SparseCodingDataset",
            "SplitDataModule", "WithoutGroundTruth", "lodopab_geometry", "noise_model"]

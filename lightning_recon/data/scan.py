@@ -132,10 +132,11 @@ class ScanSlicesDataModule(SplitDataModule):
             self.ground_truth = self.ground_truth * self.intensity_scale
         spread = np.linspace(0, len(self.rows) - 1, val_slices).round().astype(int)
         self.val_positions = sorted(set(int(p) for p in spread))
+        truth = ("ground truth for validation and test metrics only" if self.ground_truth is not None
+                 else "no ground truth (metrics: none)")
         rank_zero_info(f"scan {path.name}: {len(self.rows)} rows of {self.geometry.sinogram_shape[0]} angles × "
                        f"{self.geometry.sinogram_shape[1]} detector pixels, rotation axis {self.center_offset:+.2f} "
-                       f"pixels, values × {self.intensity_scale:.4g}; " + ("ground truth for validation and test metrics only"
-                                      if self.ground_truth is not None else "no ground truth (metrics: none)"))
+                       f"pixels, values × {self.intensity_scale:.4g}; {truth}")
 
     def _intensity_scale(self, setting: Union[float, str], measurements: torch.Tensor) -> float:
         if setting == "auto":
