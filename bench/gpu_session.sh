@@ -10,6 +10,9 @@
 #                                                  # one headline run alone (what the next GPU session should run)
 #   source .device/setup.sh && MODELS= SPEED=0 BASELINES=0 SLICES=1 bash bench/gpu_session.sh
 #                                                  # the DIP speed measurements alone: DIP it/s (1 vs 25/100 per step) and 64 slices, ≈ 4 min
+#   source .device/setup.sh && MODELS= SPEED=0 DIP_SPEED=0 BASELINES=0 GPU_TESTS=0 SELF_SUPERVISED=1 bash bench/gpu_session.sh
+#                                                  # issue 28 (not run yet, time unmeasured): can a wider U-Net on 4,096
+#                                                  # samples clear FBP + 3 dB, supervised first, then Noise2Inverse?
 #   ACCEL=cpu TRAIN_TIME=00:00:00:20 SPEED_ARGS="--device cpu --steps 1 --warmup 1 --batch-size 2 --workers 1 --models LearnedGD" \
 #       TV_ARGS="--device cpu --iterations 5 --val-samples 2 --test-samples 2 --alphas 1 4" \
 #       CWGAN_SAMPLES=4 TEST_SAMPLES=4 DIP_ITERATIONS=5 DIP_TEST_IMAGES=1 bash bench/gpu_session.sh                          # a CPU dry run
@@ -31,6 +34,8 @@ DIP_SPEED=${DIP_SPEED:-1}                                # bench/dip_speed.py: D
 DIP_SPEED_ARGS=${DIP_SPEED_ARGS:---accelerator gpu --iterations 1500 --per-step 1 25 100}
 SLICES=${SLICES:-0}                                      # bench/finetune_slices.py: 64 warm vs independent slices (1: run)
 SLICES_ARGS=${SLICES_ARGS:---slices 64 --size 64 --angles 90 --num-angles 30 --iterations 600 --warm-iterations 150 --channels 32 --accelerator gpu}
+SELF_SUPERVISED=${SELF_SUPERVISED:-0}                    # bench/self_supervised.py: a wider U-Net, more samples (1: run)
+SELF_SUPERVISED_ARGS=${SELF_SUPERVISED_ARGS:---device cuda --threads 0 --channels 32 32 64 64 128 --train-length 4096 --batch-size 32 --steps 3000 --methods fbp supervised noise2inverse}
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee "$OUT/session.log") 2>&1
@@ -58,6 +63,12 @@ fi
 if [ "$SLICES" = 1 ]; then
     stamp "whole scan: 64 slices warm-started against independent"
     python bench/finetune_slices.py $SLICES_ARGS --json "$OUT/finetune_slices.json" 2>&1 | grep -v "Warning\|warn" | tail -25
+fi
+
+if [ "$SELF_SUPERVISED" = 1 ]; then
+    stamp "low-dose ellipses-small (100 photons): FBP, supervised and Noise2Inverse with a wider U-Net"
+    python bench/self_supervised.py $SELF_SUPERVISED_ARGS --json "$OUT/self_supervised.json" \
+        --out "$RUNS/self_supervised" 2>&1 | grep -v "Warning\|warn" | tail -12
 fi
 
 n_runs=$(echo $MODELS | wc -w)
