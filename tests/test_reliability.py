@@ -251,3 +251,41 @@ def test_ckpt_path_keeps_the_checkpoints_row_name_and_folder_when_none_is_given(
                     f"--ckpt_path={unet_checkpoint}", f"--trainer.default_root_dir={tmp_path}"])
     assert cli.model.hparams.results_dir == str(unet_checkpoint.parent.parent / "old_results")
     assert "| FBPUNet |" in (unet_checkpoint.parent.parent / "old_results" / "results.md").read_text()
+
+
+def test_a_cached_split_is_served_from_memory_after_the_workers_first_epoch():
+    """With ``cache_samples`` and a loader worker, the training process keeps what the worker sends;
+    from the second epoch on it serves the same batches in the same order without the worker, and a
+    resumed loader continues that order."""
+    from lightning_recon.data import SimulatedCTDataModule
+
+    def data(workers):
+        module = SimulatedCTDataModule("ellipses-small", image_size=16, num_angles=6, train_length=10, batch_size=3,
+                                       num_workers=workers, cache_samples=True)
+        module.setup("fit")
+        return module
+
+    def epochs(loader, count):
+        served, from_memory = [], []
+        for _ in range(count):
+            from_memory.append(loader.serves_from_memory)
+            served.append([{key: value.clone() for key, value in batch.items()} for batch in loader])
+        return served, from_memory
+
+    reference, never = epochs(data(0).train_dataloader(), 3)
+    worked = data(1)
+    loader = worked.train_dataloader()
+    served, from_memory = epochs(loader, 3)
+    assert never == [False] * 3 and from_memory == [False, True, True]
+    assert worked.dataset("train").holds_every_sample()
+    for mine, theirs in zip(served, reference):
+        assert [batch["index"].tolist() for batch in mine] == [batch["index"].tolist() for batch in theirs]
+        for a, b in zip(mine, theirs):
+            assert all(torch.equal(a[key], b[key]) for key in ("ground_truth", "measurement", "fbp"))
+
+    resumed = worked.train_dataloader()  # the same dataset object, its memory full
+    state = loader.state_dict()
+    state["batches"] = 2  # as if stopped after two batches of the third epoch
+    resumed.load_state_dict(state)
+    assert resumed.serves_from_memory
+    assert [batch["index"].tolist() for batch in resumed] == [batch["index"].tolist() for batch in reference[2][2:]]

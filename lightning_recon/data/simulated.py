@@ -84,7 +84,9 @@ class EllipsesDataset(Dataset):
             view filled to its edge.
         backend: ray-transform backend (operators are built lazily, per worker).
         cache: keep every simulated sample in memory (per process): later epochs over a short
-            split cost nothing (CPU training of small presets; ~45 kB per 64² sample).
+            split cost nothing (CPU training of small presets; ~45 kB per 64² sample). Samples that
+            loader workers simulate are kept in the training process too (``adopt_batch``), so that
+            the training loader serves later epochs without its workers (``data/resumable.py``).
 
     Each item is a dict of float32 tensors ``ground_truth (1, H, W)``, ``measurement (1, A, D)``,
     ``fbp (1, H, W)`` and the integer ``index``.
@@ -209,6 +211,20 @@ class EllipsesDataset(Dataset):
                 return sample
             self._samples[index] = sample
         return self._samples[index]
+
+    def adopt_batch(self, batch: dict) -> None:
+        """Keep the samples of ``batch`` (collated, as a loader worker sent them) in this process's
+        cache; a no-op without ``cache``."""
+        if not self.cache:
+            return
+        for row, index in enumerate(batch["index"].tolist()):
+            if index not in self._samples:
+                self._samples[index] = {key: value[row].clone() for key, value in batch.items() if key != "index"}
+                self._samples[index]["index"] = index
+
+    def holds_every_sample(self) -> bool:
+        """Whether every sample of the split is in this process's cache."""
+        return self.cache and len(self._samples) == self.length
 
     def simulate(self, index: int) -> dict:
         """Sample ``index`` computed afresh (``__getitem__`` may return a cached copy)."""
