@@ -23,12 +23,12 @@ BASELINE_ARGS = {"TV": ["--model.init_args.alphas=[0.25,0.5,1,2,4,8]"]}
 
 def main(argv: Optional[List[str]] = None) -> dict:
     """Fit, test, and test FBP and TV; prints the table and returns each method's PSNR (dB)."""
-    from .threads import prefer_passive_waiting
-
-    prefer_passive_waiting()  # before torch is imported (lightning_recon.threads)
-    from .cli import cli_main
+    from .threads import prefer_passive_waiting, threads_argument
 
     extra = list(sys.argv[1:] if argv is None else argv)
+    prefer_passive_waiting(threads_argument(extra))  # before torch is imported (lightning_recon.threads)
+    from .cli import cli_main
+
     base = ["--config", str(CONFIG), *extra]
     fit = cli_main(["fit", *base])
     checkpoint = fit.trainer.checkpoint_callback.last_model_path

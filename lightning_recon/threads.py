@@ -13,14 +13,22 @@ The rule (:func:`choose_threads`), first match wins:
 :func:`apply_thread_policy` applies it: it subtracts ``num_workers`` (DataLoader workers, each one
 busy core: torch gives every worker one intra-op thread) from the automatic choice only (an
 explicit setting or ``OMP_NUM_THREADS`` is taken as it is), calls ``torch.set_num_threads`` and
-returns the count. It also sets ``OMP_WAIT_POLICY=PASSIVE`` in the environment when that is unset
-(idle OpenMP threads sleep instead of spinning for a while, which on shared, busy cores steals time
-from the threads doing work). Honestly: the OpenMP runtime reads ``OMP_WAIT_POLICY`` once, when it
-is loaded (libgomp, which torch's Linux wheels use, does so while ``import torch`` runs), so the
-setting reaches this process only if :func:`apply_thread_policy` runs before anything imports
-torch (this module imports torch only inside that function), or else only the processes started
-afterwards (spawned DataLoader workers, subprocesses; forked workers share the parent's runtime).
-Set it in the shell to be sure.
+returns the count.
+
+The OpenMP wait policy (:func:`prefer_passive_waiting`): ``OMP_WAIT_POLICY=PASSIVE`` (idle
+OpenMP threads sleep at once instead of spinning a while) is set, when unset, only where this
+process will run more threads than there are free cores; otherwise the runtime's default (spin
+briefly, then sleep) stays. Measured on the project's 2-core machine (docs/benchmarks.md, the
+``make demo`` step in Lightning): with a core per thread, passive waiting makes 2 threads slower
+than 1 (79–93 ms against 66–72 ms per step; 54.5 ms with the default); beside a busy process,
+2 threads take 120 ms passive and 177 ms with the default, 1 thread 63 ms. The automatic choice
+(rule 3) never oversubscribes at start-up, so the policy matters when ``OMP_NUM_THREADS`` asks
+for more threads than the free cores. Honestly: the OpenMP runtime reads ``OMP_WAIT_POLICY``
+once, when it is loaded (libgomp, which torch's Linux wheels use, does so while ``import torch``
+runs), so the setting reaches this process only if it is made before anything imports torch
+(entry points call :func:`prefer_passive_waiting` first; this module imports torch only inside
+:func:`apply_thread_policy`), or else only the processes started afterwards (spawned DataLoader
+workers, subprocesses; forked workers share the parent's runtime). Set it in the shell to be sure.
 
 The load average is a machine-wide, lagging figure (the last minute; in a container, often the
 host's), and it counts this process's own recent work: call the functions at start-up, before heavy
@@ -31,7 +39,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["apply_thread_policy", "choose_threads", "free_cores", "prefer_passive_waiting"]
+__all__ = ["apply_thread_policy", "choose_threads", "free_cores", "prefer_passive_waiting", "threads_argument"]
 
 
 def _usable_cores() -> int:
@@ -92,19 +100,39 @@ def choose_threads(setting: Optional[int] = None) -> int:
     return free_cores()
 
 
-def prefer_passive_waiting() -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless set: entry points call it before they import torch."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def threads_argument(argv) -> Optional[int]:
+    """The positive integer of a ``--threads N`` / ``--threads=N`` among command-line ``argv``
+    (the last one given), else None: what an entry point passes to :func:`prefer_passive_waiting`
+    before its parser (and torch) run; a bad value is left to the parser's error."""
+    argv, value = [str(a) for a in argv], None
+    for position, argument in enumerate(argv):
+        if argument == "--threads" and position + 1 < len(argv):
+            value = argv[position + 1]
+        elif argument.startswith("--threads="):
+            value = argument.split("=", 1)[1]
+    try:
+        return _explicit(int(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def prefer_passive_waiting(setting: Optional[int] = None) -> bool:
+    """``OMP_WAIT_POLICY=PASSIVE`` if unset and :func:`choose_threads` (``setting``) exceeds the
+    free cores (module docstring); entry points call it before they import torch. Returns whether
+    the environment now asks for passive waiting."""
+    if "OMP_WAIT_POLICY" not in os.environ and choose_threads(setting) > free_cores():
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 
 def apply_thread_policy(setting: Optional[int] = None, num_workers: int = 0) -> int:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` if unset (see the module docstring for when it takes effect),
-    then ``torch.set_num_threads`` to :func:`choose_threads` (``setting`` or ``OMP_NUM_THREADS`` as
+    """:func:`prefer_passive_waiting` (the module docstring says when it takes effect), then
+    ``torch.set_num_threads`` to :func:`choose_threads` (``setting`` or ``OMP_NUM_THREADS`` as
     given; the automatic choice less ``num_workers`` DataLoader workers, at least 1); returns the count.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    prefer_passive_waiting()  # before torch loads OpenMP, if it has not yet
+    prefer_passive_waiting(setting)  # before torch loads OpenMP, if it has not yet
     threads = choose_threads(setting)
     if _explicit(setting) is None and _omp_num_threads() is None:
         threads = max(1, threads - num_workers)

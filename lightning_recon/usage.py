@@ -49,9 +49,9 @@ def train_main(argv: Optional[List[str]] = None):
     if list(given) in (["-h"], ["--help"]):
         print(TRAIN_USAGE)
         return None
-    from .threads import prefer_passive_waiting
+    from .threads import prefer_passive_waiting, threads_argument
 
-    prefer_passive_waiting()  # before torch is imported (lightning_recon.threads)
+    prefer_passive_waiting(threads_argument(given))  # before torch is imported (lightning_recon.threads)
     from .cli import cli_main
 
     return cli_main(argv)

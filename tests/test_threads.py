@@ -1,5 +1,6 @@
 """The thread policy (lightning_recon/threads.py): explicit setting > OMP_NUM_THREADS > free cores
-(affinity less the 1-minute load average, at least 1), OMP_WAIT_POLICY=PASSIVE when unset."""
+(affinity less the 1-minute load average, at least 1); OMP_WAIT_POLICY=PASSIVE when unset and
+there would be more threads than free cores."""
 from __future__ import annotations
 
 import os
@@ -84,27 +85,46 @@ def test_apply_sets_torch_threads_and_leaves_room_for_workers(machine, monkeypat
         threads.apply_thread_policy(num_workers=-1)
 
 
-def test_apply_sets_a_passive_wait_policy_only_when_unset(monkeypatch):
-    threads.apply_thread_policy(1)
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    threads.apply_thread_policy(1)
+def test_passive_waiting_only_where_threads_would_outnumber_the_free_cores(machine, monkeypatch):
+    threads.apply_thread_policy(4)  # 4 free cores of 4: the runtime's default waiting stays
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert threads.prefer_passive_waiting() is False  # the automatic choice: one thread per free core
+    machine["load"] = 7.0  # one core free
+    assert threads.prefer_passive_waiting(1) is False and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # more threads than free cores
+    assert threads.prefer_passive_waiting() is True and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's setting is kept
+    threads.apply_thread_policy(3)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["fit", "--threads", "2"], 2), (["--threads=3", "--trainer.max_steps=5"], 3), (["--threads", "1", "--threads=4"], 4),
+    (["fit", "--config", "x.yaml"], None), (["--threads", "zero"], None), (["--threads=0"], None), (["--threads"], None),
+])
+def test_the_threads_argument_is_read_before_the_parser(argv, expected):
+    assert threads.threads_argument(argv) == expected
+
+
 def test_wait_policy_reaches_openmp_when_applied_before_torch_is_imported():
-    """libgomp reads its environment once, while ``import torch`` loads it: with the policy applied
-    first, its spin count (shown by ``OMP_DISPLAY_ENV=VERBOSE``) is 0 instead of the default."""
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    env.update(OMP_DISPLAY_ENV="VERBOSE", OMP_NUM_THREADS="1")
+    """libgomp reads its environment once, while ``import torch`` loads it: with more threads asked
+    for than the machine has cores, the policy applied first makes its spin count (shown by
+    ``OMP_DISPLAY_ENV=VERBOSE``) 0; with the automatic choice the default spin count stays."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env.update(OMP_DISPLAY_ENV="VERBOSE")
     code = ("import sys; from lightning_recon.threads import apply_thread_policy; "
             "assert 'torch' not in sys.modules; print('threads', apply_thread_policy())")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "threads 1" in run.stdout
-    if "GOMP_SPINCOUNT" not in run.stderr:
+    oversubscribed = "256"  # more than the cores of any machine that runs this (the fixture fakes os's figures)
+    runs = {}
+    for name, extra in (("oversubscribed", {"OMP_NUM_THREADS": oversubscribed}), ("automatic", {})):
+        runs[name] = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True,
+                                    text=True, timeout=120)
+        assert runs[name].returncode == 0, runs[name].stderr
+    assert f"threads {oversubscribed}" in runs["oversubscribed"].stdout
+    if "GOMP_SPINCOUNT" not in runs["oversubscribed"].stderr:
         pytest.skip("torch's OpenMP runtime is not libgomp (no GOMP_SPINCOUNT in OMP_DISPLAY_ENV)")
-    assert "GOMP_SPINCOUNT = '0'" in run.stderr
+    assert "GOMP_SPINCOUNT = '0'" in runs["oversubscribed"].stderr
+    assert "GOMP_SPINCOUNT = '0'" not in runs["automatic"].stderr
 
 
 def test_train_py_applies_the_thread_policy_and_takes_threads(monkeypatch, capsys):

@@ -33,7 +33,7 @@ def main(args: Optional[List[str]] = None) -> dict:
     opts = parse_arguments(args, description=main.__doc__)
     from ..threads import prefer_passive_waiting
 
-    prefer_passive_waiting()  # before torch is imported (lightning_recon.threads)
+    prefer_passive_waiting(opts.threads)  # before torch is imported (lightning_recon.threads)
     from .command import run
 
     return run(opts)
