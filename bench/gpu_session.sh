@@ -11,7 +11,7 @@
 #   source .device/setup.sh && MODELS= SPEED=0 BASELINES=0 SLICES=1 bash bench/gpu_session.sh
 #                                                  # the DIP speed measurements alone: DIP it/s (1 vs 25/100 per step) and 64 slices, ≈ 4 min
 #   source .device/setup.sh && MODELS= SPEED=0 DIP_SPEED=0 BASELINES=0 GPU_TESTS=0 SELF_SUPERVISED=1 bash bench/gpu_session.sh
-#                                                  # issue 28 (not run yet, time unmeasured): can a wider U-Net on 4,096
+#                                                  # Noise2Inverse on low-dose ellipses (not run yet, time unmeasured): can a wider U-Net on 4,096
 #                                                  # samples clear FBP + 3 dB, supervised first, then Noise2Inverse?
 #   ACCEL=cpu TRAIN_TIME=00:00:00:20 SPEED_ARGS="--device cpu --steps 1 --warmup 1 --batch-size 2 --workers 1 --models LearnedGD" \
 #       TV_ARGS="--device cpu --iterations 5 --val-samples 2 --test-samples 2 --alphas 1 4" \

@@ -1,4 +1,4 @@
-"""Training without ground truth (issue 28): the angle splits and sub-geometries of Noise2Inverse, the
+"""Training without ground truth: the angle splits and sub-geometries of Noise2Inverse, the
 selectable losses of FBPUNet / LearnedGD / LearnedPD (noise2inverse, equivariant) and where they are
 exactly zero, the training batches without ground truth, the low-dose preset and the one-line errors.
 Tiny sizes (≤ 32², a few steps)."""
