@@ -21,9 +21,9 @@ process will run more threads than there are free cores; otherwise the runtime's
 briefly, then sleep) stays. Measured on the project's 2-core machine (docs/benchmarks.md, the
 ``make demo`` step in Lightning, ``bench/demo_step.py``): with a core per thread, passive waiting
 makes 2 threads slower than 1 (70.3 against 65.5 ms per step; 42.7 ms with the default); beside a
-busy process, 2 threads take 118 ms passive and 191 ms with the default, 1 thread 66 ms. The automatic choice
-(rule 3) never oversubscribes at start-up, so the policy matters when ``OMP_NUM_THREADS`` asks
-for more threads than the free cores. Honestly: the OpenMP runtime reads ``OMP_WAIT_POLICY``
+busy process, 2 threads take 118 ms passive and 191 ms with the default, 1 thread 66 ms. The
+automatic choice (rule 3) never oversubscribes at start-up, so the policy matters when
+``OMP_NUM_THREADS`` or ``--threads`` asks for more threads than the free cores. Honestly: the OpenMP runtime reads ``OMP_WAIT_POLICY``
 once, when it is loaded (libgomp, which torch's Linux wheels use, does so while ``import torch``
 runs), so the setting reaches this process only if it is made before anything imports torch
 (entry points call :func:`prefer_passive_waiting` first; this module imports torch only inside

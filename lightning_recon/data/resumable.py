@@ -10,7 +10,7 @@ A dataset that caches its samples in memory (``EllipsesDataset(cache=True)``) an
 worker processes keeps, in the training process, every sample the workers send
 (``dataset.adopt_batch(batch)``); once it holds them all (``dataset.holds_every_sample()``) the
 loader serves the next epochs from that memory in the training process, without the workers: a
-worker handing out cached samples costs the training process ≈ 6 ms per batch of 8 (unpickling and
+worker handing out cached samples costs the training process ≈ 3.5–6 ms per batch of 8 (unpickling and
 file-descriptor passing of every tensor) and the worker a share of a core (docs/benchmarks.md). The
 order and the resumed position are unchanged.
 """
@@ -58,10 +58,11 @@ class ResumableLoader(DataLoader):
             self._epoch, self._served = self._epoch + 1, 0
         self._resume = False
         self.permutation.epoch, self.permutation.start = self._epoch, self._served * self.batch_size
-        adopt = getattr(self.dataset, "adopt_batch", None) if self.num_workers > 0 else None
-        for batch in (self._in_process() if self.serves_from_memory else super().__iter__()):
+        from_memory = self.serves_from_memory  # decided once per epoch
+        adopt = getattr(self.dataset, "adopt_batch", None) if self.num_workers > 0 and not from_memory else None
+        for batch in (self._in_process() if from_memory else super().__iter__()):
             self._served += 1
-            if adopt is not None and not self.serves_from_memory:
+            if adopt is not None:
                 adopt(batch)
             yield batch
 
