@@ -10,7 +10,9 @@ angles, batch 8; learned GD as ``configs/experiment/demo_cpu.yaml``, learned PD 
 - ``bf16``: bf16 autocast around the reconstruction (the operator stays float32, the loss float32);
 - ``compile``: ``torch.compile(fullgraph=True)`` of forward and loss (the backward compiled with
   them; the operator is one custom op inside the graph, ``physics/operator.py``);
-- ``all``: the three together.
+- ``fused``: AdamW's fused kernel (the modules' ``fused_optimizer``, on by default) instead of its
+  loop over the parameter tensors (every other variant);
+- ``all``: the four together.
 
 One step = forward, MSE loss, backward, AdamW update. The variants run alternately in ``--rounds``
 rounds of ``--steps`` timed steps each (the order rotating every round), so that a change in the
@@ -198,12 +200,13 @@ def run_paths(args) -> None:
 # Variants: fp32 / channels_last / bf16 / compile / all, the model alone, at the demo's sizes
 # -------------------------------------------------------------------------------------------------
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-VARIANTS = {  # name -> (channels_last, bf16, compile)
-    "fp32": (False, False, False),
-    "channels_last": (True, False, False),
-    "bf16": (False, True, False),
-    "compile": (False, False, True),
-    "all": (True, True, True),
+VARIANTS = {  # name -> (channels_last, bf16, compile, fused AdamW)
+    "fp32": (False, False, False, False),
+    "channels_last": (True, False, False, False),
+    "bf16": (False, True, False, False),
+    "compile": (False, False, True, False),
+    "fused": (False, False, False, True),
+    "all": (True, True, True, True),
 }
 DEMO_MODELS = {  # model -> the config file whose model.init_args give its architecture
     "LearnedGD": CONFIGS / "experiment" / "demo_cpu.yaml",
@@ -226,7 +229,7 @@ class VariantRun:
 
     def __init__(self, name: str, variant: str, geometry: dict, batch: dict, device: torch.device,
                  compile_backend: str):
-        channels_last, bf16, compiled = VARIANTS[variant]
+        channels_last, bf16, compiled, fused = VARIANTS[variant]
         torch.manual_seed(0)  # every variant starts from the same weights
         model = MODELS[name][0](forward_model=geometry, results_dir=None, **architecture(name)).to(device)
         if channels_last:
@@ -235,7 +238,7 @@ class VariantRun:
             model.reconstruct(batch)
         self.model = model.train()
         self.batch = batch
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
         def forward_loss(batch):
@@ -339,7 +342,7 @@ def run_variants(args) -> None:
     result = dict(machine_info=machine_info(), threads=threads, policy_threads=policy_threads, device=str(device),
                   preset=args.preset, batch=args.batch_size, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
                   beside_busy_process=args.beside_busy_process,
-                  compile_backend=args.compile_backend, variants={k: dict(zip(("channels_last", "bf16", "compile"), v))
+                  compile_backend=args.compile_backend, variants={k: dict(zip(("channels_last", "bf16", "compile", "fused"), v))
                                                                   for k, v in VARIANTS.items() if k in args.variants},
                   models=rows)
     out = Path(args.out or RESULTS / f"train_speed_variants-{device.type}.json")

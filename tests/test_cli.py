@@ -183,7 +183,8 @@ def test_wandb_falls_back_to_offline_within_seconds_when_the_server_is_unreachab
 
 
 def test_bf16_mixed_precision_trains_on_the_cpu_with_a_float32_operator(tmp_path, monkeypatch):
-    """Autocast no longer reaches the ray transform's sparse products (they have no bf16 kernel)."""
+    """Autocast no longer reaches the ray transform's sparse products (they have no bf16 kernel); the
+    fast CPU settings together: channels-last weights and AdamW's fused CPU kernel."""
     from lightning_recon.physics import ParallelBeam2D, RayTransform
 
     A = RayTransform(ParallelBeam2D((16, 16), num_angles=6))
@@ -192,10 +193,22 @@ def test_bf16_mixed_precision_trains_on_the_cpu_with_a_float32_operator(tmp_path
         y = A(x)
     assert y.dtype == torch.float32 and torch.equal(y, A(x))
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    from lightning_recon.methods import LearnedGD
+
+    norms = []  # before each zero_grad: the gradient norm the previous step's optimizer used
+
+    def record_norm(module, optimizer):
+        grads = [p.grad.norm() for p in module.parameters() if p.grad is not None]
+        norms.extend([float(torch.linalg.vector_norm(torch.stack(grads)))] if grads else [])
+
+    monkeypatch.setattr(LearnedGD, "on_before_zero_grad", record_norm)
     cli = cli_main(["fit", "--config", str(CONFIGS / "model/learned_gd.yaml"), *TINY, "--trainer.logger=false",
                     "--trainer.precision=bf16-mixed", f"--trainer.default_root_dir={tmp_path}",
-                    "--model.init_args.results_dir=null", "--model.init_args.hidden_channels=8"])
+                    "--model.init_args.results_dir=null", "--model.init_args.hidden_channels=8",
+                    "--model.init_args.channels_last=true", "--trainer.gradient_clip_val=1e-6"])
     assert cli.trainer.global_step == 2 and torch.isfinite(cli.trainer.callback_metrics["val/psnr"])
+    assert cli.trainer.optimizers[0].defaults["fused"] is True
+    assert norms and 0 < norms[-1] <= 1e-6 * 1.001  # clipped before the fused step
 
 
 class RecordRates(L.Callback):
