@@ -141,9 +141,11 @@ def rows(args) -> List[Dict]:
         else:
             for splits in args.splits:
                 for strategy in args.strategies:
-                    name = f"FBP + U-Net (Noise2Inverse, K = {splits}, {strategy})"
+                    name = f"FBP + U-Net (Noise2Inverse, K = {splits}, {strategy}" + \
+                        (", flips and turns)" if args.n2i_augment else ")")
                     out.append(dict(name=name, model=FBPUNet(loss="noise2inverse", n2i_splits=splits,
-                                                             n2i_strategy=strategy, method_name=name, **unet),
+                                                             n2i_strategy=strategy, n2i_augment=args.n2i_augment,
+                                                             method_name=name, **unet),
                                     train=False))
     return out
 
@@ -156,6 +158,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["fbp", "tv", "noise2inverse", "supervised"], choices=METHODS)
     parser.add_argument("--splits", type=int, nargs="+", default=[4], help="Noise2Inverse's K (one row each)")
     parser.add_argument("--strategies", nargs="+", default=["X:1"], choices=["X:1", "1:X"])
+    parser.add_argument("--n2i-augment", action="store_true",
+                        help="Noise2Inverse pairs randomly flipped and quarter-turned in training (n2i_augment)")
     parser.add_argument("--steps", type=int, default=3000, help="training steps of every learned row")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--train-length", type=int, default=1024, help="training samples (cached)")

@@ -77,8 +77,8 @@ class ReconstructionModule(L.LightningModule):
             training starts, with this mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``);
             ``None``: eager. The operators inside compile without graph breaks (one custom op).
         fused_optimizer: AdamW as one fused kernel (CPU or GPU) instead of a loop over the parameter
-            tensors: learned PD has 160 small ones; on one CPU thread its update takes 1.1 ms fused
-            against 6 ms looped, FBP + U-Net's 0.9 against 4.6 ms (docs/benchmarks.md). Off under
+            tensors (learned PD has 160 small ones): 3–4× faster updates on one CPU thread,
+            2.2 against 9.6 ms for learned PD (``bench/adamw_update.py``, docs/benchmarks.md). Off under
             ``16-mixed`` precision, whose gradient scaler cannot unscale a fused step's gradients
             before clipping.
         init_from: a ``train.py`` checkpoint (or a shipped one's name, ``lightning_recon.pretrained``)
