@@ -35,7 +35,7 @@ DIP_SPEED_ARGS=${DIP_SPEED_ARGS:---accelerator gpu --iterations 1500 --per-step 
 SLICES=${SLICES:-0}                                      # bench/finetune_slices.py: 64 warm vs independent slices (1: run)
 SLICES_ARGS=${SLICES_ARGS:---slices 64 --size 64 --angles 90 --num-angles 30 --iterations 600 --warm-iterations 150 --channels 32 --accelerator gpu}
 SELF_SUPERVISED=${SELF_SUPERVISED:-0}                    # bench/self_supervised.py: a wider U-Net, more samples (1: run)
-SELF_SUPERVISED_ARGS=${SELF_SUPERVISED_ARGS:---device cuda --threads 0 --fast --channels 32 32 64 64 128 --train-length 4096 --batch-size 32 --steps 3000 --methods fbp supervised noise2inverse}
+SELF_SUPERVISED_ARGS=${SELF_SUPERVISED_ARGS:---device cuda --threads 0 --channels 32 32 64 64 128 --train-length 4096 --batch-size 32 --steps 3000 --methods fbp supervised noise2inverse}
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee "$OUT/session.log") 2>&1
