@@ -46,8 +46,10 @@ def main() -> None:
             for _ in range(3):
                 optimizer.step()
         times = {key: [] for key in optimizers}
+        keys = list(optimizers)
         for round_index in range(args.rounds):
-            order = list(optimizers)[round_index % 3:] + list(optimizers)[:round_index % 3]
+            shift = round_index % len(keys)
+            order = keys[shift:] + keys[:shift]
             for key in order:
                 start = time.perf_counter()
                 for _ in range(args.updates):

@@ -78,9 +78,9 @@ class ReconstructionModule(L.LightningModule):
             ``None``: eager. The operators inside compile without graph breaks (one custom op).
         fused_optimizer: AdamW as one fused kernel (CPU or GPU) instead of a loop over the parameter
             tensors (learned PD has 160 small ones): 3–4× faster updates on one CPU thread,
-            2.2 against 9.6 ms for learned PD (``bench/adamw_update.py``, docs/benchmarks.md). Off under
-            ``16-mixed`` precision, whose gradient scaler cannot unscale a fused step's gradients
-            before clipping.
+            2.2 against 9.6 ms for learned PD (``bench/adamw_update.py``, docs/benchmarks.md). Off where
+            the precision scales gradients (``16-mixed``): its scaler cannot unscale a fused step's
+            gradients before clipping.
         init_from: a ``train.py`` checkpoint (or a shipped one's name, ``lightning_recon.pretrained``)
             of the same method and architecture whose weights start
             this run (a new run: fresh optimiser and schedule, step 0): from ellipses to your data, or
@@ -347,17 +347,20 @@ class ReconstructionModule(L.LightningModule):
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         fused = (bool(self.hparams.get("fused_optimizer")) and self.device.type in ("cpu", "cuda")
-                 and not str(self.trainer.precision).startswith("16"))
+                 and self._gradient_scaler() is None)
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
                                       weight_decay=self.hparams.weight_decay, fused=fused or None)
         return with_schedule(optimizer, self.hparams.scheduler, self.trainer)
+
+    def _gradient_scaler(self):
+        """The precision plugin's gradient scaler (``16-mixed``), else None (float32, bf16)."""
+        return getattr(self.trainer.precision_plugin, "scaler", None)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning refuses to clip for a fused optimizer under any mixed precision (a gradient scaler
         could not unscale first); without a scaler (float32, bf16) the gradients are the true ones and
         are clipped here as Lightning would."""
-        if not gradient_clip_val or not optimizer.defaults.get("fused") or \
-                getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+        if not gradient_clip_val or not optimizer.defaults.get("fused") or self._gradient_scaler() is not None:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         if gradient_clip_algorithm == "value":
